@@ -1,0 +1,150 @@
+"""microgpt's fused nodes, its whole-model gradient and its pronounceability rule."""
+import math
+import random
+
+import pytest
+
+from support import load_script
+
+gpt = load_script("foundational/microgpt.py")
+Value = gpt.Value
+
+
+def values(xs):
+    return [Value(x) for x in xs]
+
+
+def grads(vs):
+    return [v.grad for v in vs]
+
+
+def close(a, b, tol=1e-9):
+    return all(math.isclose(x, y, rel_tol=tol, abs_tol=tol) for x, y in zip(a, b))
+
+
+def naive_softmax(logits):
+    top = max(z.data for z in logits)
+    exps = [(z - top).exp() for z in logits]
+    total = exps[0]
+    for e in exps[1:]:
+        total = total + e
+    return [e / total for e in exps]
+
+
+def test_fused_dot_equals_naive_dot_in_value_and_gradients():
+    rng = random.Random(1)
+    w1, x1 = values(rng.gauss(0, 1) for _ in range(16)), values(rng.gauss(0, 1) for _ in range(16))
+    w2, x2 = values(v.data for v in w1), values(v.data for v in x1)
+    fused, naive = gpt.dot(w1, x1), gpt.naive_dot(w2, x2)
+    (fused * 1.7).backward()
+    (naive * 1.7).backward()
+    assert math.isclose(fused.data, naive.data, rel_tol=1e-12)
+    assert close(grads(w1) + grads(x1), grads(w2) + grads(x2))
+    assert len(fused._children) == 32
+
+
+def test_fused_softmax_equals_naive_softmax():
+    rng = random.Random(2)
+    raw = [rng.gauss(0, 2) for _ in range(6)]
+    mix = [rng.gauss(0, 1) for _ in range(6)]  # a random downstream use of the outputs
+    z1, z2 = values(raw), values(raw)
+    p1, p2 = gpt.softmax(z1), naive_softmax(z2)
+    gpt.dot(p1, values(mix)).backward()
+    gpt.naive_dot(p2, values(mix)).backward()
+    assert close([p.data for p in p1], [p.data for p in p2])
+    assert close(grads(z1), grads(z2))
+
+
+def test_fused_cross_entropy_equals_naive_and_finite_differences():
+    raw, target = [0.3, -1.2, 2.2, 0.0, 0.9], 3
+    z1, z2 = values(raw), values(raw)
+    fused = gpt.cross_entropy(z1, target)
+    naive = -(naive_softmax(z2)[target].log())
+    fused.backward()
+    naive.backward()
+    assert math.isclose(fused.data, naive.data, rel_tol=1e-12)
+    assert close(grads(z1), grads(z2))
+    for j in range(len(raw)):
+        def loss_at(t):
+            shifted = raw[:j] + [t] + raw[j + 1:]
+            return gpt.cross_entropy(values(shifted), target).data
+        numeric = (loss_at(raw[j] + 1e-6) - loss_at(raw[j] - 1e-6)) / 2e-6
+        assert math.isclose(z1[j].grad, numeric, rel_tol=1e-5, abs_tol=1e-7)
+
+
+def test_softmax_and_cross_entropy_are_stable_for_huge_logits():
+    logits = values([1000.0, 1001.0, 999.0, -1000.0])
+    probs = gpt.softmax(logits)
+    expected = [math.exp(-1) / (1 + math.exp(-1) + math.exp(-2)),
+                1 / (1 + math.exp(-1) + math.exp(-2)),
+                math.exp(-2) / (1 + math.exp(-1) + math.exp(-2)), 0.0]
+    assert close([p.data for p in probs], expected, 1e-12)
+    loss = gpt.cross_entropy(values([1000.0, 1001.0, 999.0, -1000.0]), 1)
+    assert math.isclose(loss.data, math.log(1 + math.exp(-1) + math.exp(-2)), rel_tol=1e-12)
+    assert math.isfinite(gpt.cross_entropy(values([5000.0, -5000.0]), 1).data)
+
+
+def test_fused_rmsnorm_equals_naive_rmsnorm():
+    rng = random.Random(3)
+    raw = [rng.gauss(0, 1) for _ in range(16)]
+    mix = values(rng.gauss(0, 1) for _ in range(16))
+    x1, x2 = values(raw), values(raw)
+    y1 = gpt.rmsnorm(x1)
+    mean_square = gpt.naive_dot(x2, x2) / len(x2)
+    scale = (mean_square + 1e-5) ** -0.5
+    y2 = [xi * scale for xi in x2]
+    gpt.dot(y1, mix).backward()
+    gpt.naive_dot(y2, values(m.data for m in mix)).backward()
+    assert close([y.data for y in y1], [y.data for y in y2])
+    assert close(grads(x1), grads(x2))
+
+
+def test_whole_model_gradient_matches_finite_differences():
+    random.seed(0)
+    model, params = gpt.init_model(vocab_size=27)
+    tokens = [26, 4, 12, 12, 0, 26]  # BOS e m m a BOS
+    loss = gpt.name_loss(model, tokens)
+    loss.backward()
+    rng = random.Random(4)
+    for p in rng.sample(params, 25):
+        analytic = p.grad
+        original = p.data
+        p.data = original + 1e-5
+        up = gpt.name_loss(model, tokens).data
+        p.data = original - 1e-5
+        down = gpt.name_loss(model, tokens).data
+        p.data = original
+        assert math.isclose(analytic, (up - down) / 2e-5, rel_tol=1e-4, abs_tol=1e-8)
+
+
+def test_pronounceability_rule_on_examples():
+    pairs = gpt.letter_pair_counts(["anna", "emma", "christopher", "mia", "lena"] * 10)
+    assert gpt.is_pronounceable("emma", pairs)
+    assert gpt.is_pronounceable("anna", pairs)
+    assert not gpt.is_pronounceable("a", pairs)          # too short
+    assert not gpt.is_pronounceable("mmm", pairs)        # no vowel
+    assert not gpt.is_pronounceable("emmma", pairs)      # letter three times
+    assert not gpt.is_pronounceable("emmx", pairs)       # unseen letter pairs
+    assert not gpt.is_pronounceable("Emma", pairs)       # not a lowercase name
+
+
+def test_pronounceability_rule_separates_real_names_from_random_strings():
+    names = gpt.load_names()
+    pairs = gpt.letter_pair_counts(names)
+    rng = random.Random(5)
+    sample = rng.sample(names, 3000)
+    real = sum(gpt.is_pronounceable(n, pairs) for n in sample) / len(sample)
+    fake = sum(gpt.is_pronounceable(gpt.random_string(len(n), rng), pairs)
+               for n in sample) / len(sample)
+    assert real > 0.9
+    assert fake < 0.25
+
+
+def test_sampling_produces_lowercase_letters_only():
+    random.seed(0)
+    model, _ = gpt.init_model(vocab_size=27)
+    itos = {i: chr(ord("a") + i) for i in range(26)}
+    for _ in range(5):
+        name = gpt.sample_name(model, 26, itos)
+        assert len(name) <= gpt.BLOCK_SIZE
+        assert all("a" <= c <= "z" for c in name)
