@@ -113,6 +113,7 @@ def load_names():
 
 
 def build_vocab(names):
+    # Sorting makes the letter -> id mapping the same on every run and every machine
     chars = sorted(set("".join(names)))
     return chars, len(chars)  # token ids 0..len-1 are letters; id len(chars) is BOS
 
@@ -136,10 +137,12 @@ class Value:
         self._local_grads = local_grads
 
     def __add__(self, other):
+        # d(a + b)/da = 1, d(a + b)/db = 1. Plain numbers are wrapped so `x + 1` works.
         other = other if isinstance(other, Value) else Value(other)
         return Value(self.data + other.data, (self, other), (1.0, 1.0))
 
     def __mul__(self, other):
+        # d(a * b)/da = b, d(a * b)/db = a: each input's slope is the other input's value
         other = other if isinstance(other, Value) else Value(other)
         return Value(self.data * other.data, (self, other), (other.data, self.data))
 
@@ -147,6 +150,9 @@ class Value:
         # d(x^k)/dx = k * x^(k-1); the exponent is a plain number, not a Value
         return Value(self.data ** exponent, (self,), (exponent * self.data ** (exponent - 1),))
 
+    # The remaining arithmetic is built from the operations above, so it needs no new
+    # derivatives: a - b = a + (-b), a / b = a * b^-1, and the reflected versions let a
+    # plain number stand on the left (2 * x, 1 - x, 1 / x).
     def __neg__(self):
         return self * -1.0
 
@@ -169,14 +175,17 @@ class Value:
         return Value(other) * self ** -1.0
 
     def tanh(self):
+        # d tanh(a)/da = 1 - tanh(a)^2: reuse the forward result instead of recomputing
         t = math.tanh(self.data)
         return Value(t, (self,), (1.0 - t * t,))
 
     def exp(self):
+        # e^a is its own derivative
         e = math.exp(self.data)
         return Value(e, (self,), (e,))
 
     def relu(self):
+        # Passes positive inputs through with slope 1 and blocks negative ones (slope 0)
         return Value(max(0.0, self.data), (self,), (1.0 if self.data > 0 else 0.0,))
 
     def log(self):
@@ -299,6 +308,8 @@ def rmsnorm(x):
 
 
 def matrix(rows, cols):
+    # Gaussian init: random so that neurons differ (identical weights get identical gradients
+    # and stay identical forever), small so that no activation starts out saturated.
     return [[Value(random.gauss(0.0, INIT_STD)) for _ in range(cols)] for _ in range(rows)]
 
 
@@ -313,6 +324,7 @@ def init_model(vocab_size):
             model[f"layer{layer}.{name}"] = matrix(N_EMBD, N_EMBD)
         model[f"layer{layer}.fc1"] = matrix(MLP_HIDDEN, N_EMBD)
         model[f"layer{layer}.fc2"] = matrix(N_EMBD, MLP_HIDDEN)
+    # 27*16 (wte) + 16*16 (wpe) + 27*16 (lm_head) + 4*16*16 (attention) + 2*64*16 (MLP) = 4,192
     params = [p for mat in model.values() for row in mat for p in row]
     return model, params
 
@@ -364,7 +376,9 @@ def gpt_step(model, token_id, pos, keys, values):
 
 
 def name_loss(model, tokens):
+    # Fresh caches per name: attention must not see the previous name's positions.
     keys, values = [[] for _ in range(N_LAYER)], [[] for _ in range(N_LAYER)]
+    # A name of length L gives L + 1 predictions: each letter, then the closing BOS.
     n = min(BLOCK_SIZE, len(tokens) - 1)
     losses = [cross_entropy(gpt_step(model, tokens[pos], pos, keys, values), tokens[pos + 1])
               for pos in range(n)]
@@ -389,6 +403,8 @@ def train(model, params, docs, encode):
             v_hat = adam_v[i] / (1.0 - BETA2 ** t)   # so early averages are scaled back up
             p.data -= lr * m_hat / (math.sqrt(v_hat) + ADAM_EPS)
             p.grad = 0.0
+        # p.grad = 0 above matters: backward() adds into .grad, so without the reset every
+        # step would also apply all previous steps' gradients.
         losses.append(loss.data)
         if (step + 1) % 100 == 0 or step == 0:
             recent = losses[-100:]
@@ -399,6 +415,9 @@ def train(model, params, docs, encode):
 
 def ascii_curve(series, width=50, height=8):
     """Plot a series as rows of text, averaging it into `width` buckets."""
+    # Averaging first matters: the loss of a single name is noisy (a short common name scores
+    # far better than a long rare one), which would hide the downward trend. With the
+    # default 1000 steps each bucket averages 20 of them.
     width = min(width, len(series))
     bucket = len(series) / width
     points = [sum(series[int(i * bucket):int((i + 1) * bucket)]) /
@@ -503,8 +522,10 @@ def print_criteria(results):
 
 
 def main():
-    random.seed(42)
+    random.seed(42)  # every random draw below (init, data order, sampling) follows from this
     names = load_names()
+    # The file is sorted by popularity; shuffling keeps the first steps from seeing only the
+    # most common names.
     random.shuffle(names)
     chars, bos = build_vocab(names)
     stoi = {c: i for i, c in enumerate(chars)}
@@ -523,11 +544,15 @@ def main():
     print(f"16-wide dot product: fused = 1 node, naive = {2 * N_EMBD - 1} nodes, "
           f"values {fused.data:.6f} vs {naive.data:.6f}")
 
+    # Before training every next letter is about equally likely: loss ~ ln(27) = 3.30.
+    # A bigram table reaches about 2.45 on this data; the GPT should get below 2.5 and
+    # keep improving with more steps.
     losses = train(model, params, names, encode)
     final_loss = sum(losses[-LOSS_WINDOW:]) / len(losses[-LOSS_WINDOW:])
     print("\nTraining loss (averaged into buckets of steps):")
     print(ascii_curve(losses))
 
+    # Sampling is random too, but seeded: the same run prints the same names.
     samples = [sample_name(model, bos, itos) for _ in range(NUM_SAMPLES)]
     training_set = set(names)
     print(f"\nGenerated names (temperature {TEMPERATURE}); * = not in the training set, "

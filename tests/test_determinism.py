@@ -12,7 +12,8 @@ from support import implemented_specs, load_script
 # Settings that make each script's main() finish in a second or two.
 QUICK_SETTINGS = {
     "microtokenizer": {"NUM_MERGES": 20},
-    "microembedding": {"NUM_STEPS": 10},
+    "microembedding": {"NUM_STEPS": 20, "BATCH_SIZE": 16, "NUM_BUCKETS": 512, "EMBED_DIM": 8,
+                       "NUM_EVAL_PAIRS": 50, "RETRIEVAL_POOL": 300, "NUM_QUERIES": 20},
     "microgpt": {"NUM_STEPS": 5, "NUM_SAMPLES": 3},
 }
 
