@@ -365,11 +365,14 @@ def gpt_step(model, token_id, pos, keys, values):
         residual = x
         hidden = [h.relu() for h in linear(rmsnorm(x), model[f"layer{layer}.fc1"])]
         x = [m + r for m, r in zip(linear(hidden, model[f"layer{layer}.fc2"]), residual)]
+    # Signpost: GPT-2 normalises once more before this output layer and ties lm_head to wte;
+    # with a single block neither is needed here, and Karpathy's microgpt skips both too.
     return linear(x, model["lm_head"])
 
 
 # === TRAINING ===
-# One name per step. Loss = mean over the name's positions of -log p(correct next token).
+# One name per step. Signpost: production training averages the loss over a batch of many
+# sequences per step, which smooths the gradient; one name keeps each step cheap here. Loss = mean over the name's positions of -log p(correct next token).
 # Adam keeps, per parameter, running averages of the gradient (m, the direction) and of its
 # square (v, the scale), and steps by m / sqrt(v): every parameter moves at a similar pace
 # whatever the size of its raw gradient.
