@@ -372,7 +372,8 @@ def gpt_step(model, token_id, pos, keys, values):
 
 # === TRAINING ===
 # One name per step. Signpost: production training averages the loss over a batch of many
-# sequences per step, which smooths the gradient; one name keeps each step cheap here. Loss = mean over the name's positions of -log p(correct next token).
+# sequences per step, which smooths the gradient; one name keeps each step cheap here.
+# Loss = mean over the name's positions of -log p(correct next token).
 # Adam keeps, per parameter, running averages of the gradient (m, the direction) and of its
 # square (v, the scale), and steps by m / sqrt(v): every parameter moves at a similar pace
 # whatever the size of its raw gradient.
