@@ -261,12 +261,19 @@ def linear(inputs, weight_rows):
     return [dot(row, inputs) for row in weight_rows]
 
 
+def shifted_exps(numbers):
+    # exp(z_i - m) with m = max(z), for plain floats. Subtracting the max changes nothing in a
+    # softmax (it cancels between numerator and denominator) but the largest term becomes
+    # exp(0) = 1, so exp() cannot overflow on large logits. Returns m too, because
+    # logsumexp(z) = m + log(sum_i exp(z_i - m)).
+    top = max(numbers)
+    return [math.exp(z - top) for z in numbers], top
+
+
 def softmax(logits):
-    # p_i = exp(z_i - m) / sum_j exp(z_j - m), with m = max(z). Subtracting the max changes
-    # nothing mathematically (it cancels) but keeps exp() from overflowing on large logits.
+    # p_i = exp(z_i - m) / sum_j exp(z_j - m)
     # Local derivatives of each output: dp_i/dz_j = p_i * (delta_ij - p_j).
-    top = max(z.data for z in logits)
-    exps = [math.exp(z.data - top) for z in logits]
+    exps, _ = shifted_exps([z.data for z in logits])
     total = sum(exps)
     probs = [e / total for e in exps]
     logits = tuple(logits)
@@ -278,8 +285,7 @@ def cross_entropy(logits, target):
     # L = -log softmax(z)[y] = logsumexp(z) - z_y    (z = logits, y = target)
     # dL/dz_j = p_j - [j == y]: push up the right answer, push down the rest by how much
     # probability they took. One node with len(z) children replaces exp, sum, divide and log.
-    top = max(z.data for z in logits)
-    exps = [math.exp(z.data - top) for z in logits]
+    exps, top = shifted_exps([z.data for z in logits])
     total = sum(exps)
     loss = top + math.log(total) - logits[target].data
     local_grads = tuple(e / total - (j == target) for j, e in enumerate(exps))
@@ -365,8 +371,8 @@ def gpt_step(model, token_id, pos, keys, values):
         residual = x
         hidden = [h.relu() for h in linear(rmsnorm(x), model[f"layer{layer}.fc1"])]
         x = [m + r for m, r in zip(linear(hidden, model[f"layer{layer}.fc2"]), residual)]
-    # Signpost: GPT-2 normalises once more before this output layer and ties lm_head to wte;
-    # with a single block neither is needed here, and Karpathy's microgpt skips both too.
+    # Signpost: GPT-2 normalises once more before this output layer and shares (ties) the
+    # lm_head weights with wte; this script leaves both out to stay minimal.
     return linear(x, model["lm_head"])
 
 
@@ -406,9 +412,9 @@ def train(model, params, docs, encode):
             m_hat = adam_m[i] / (1.0 - BETA1 ** t)   # bias correction: m and v start at 0,
             v_hat = adam_v[i] / (1.0 - BETA2 ** t)   # so early averages are scaled back up
             p.data -= lr * m_hat / (math.sqrt(v_hat) + ADAM_EPS)
+            # backward() adds into .grad, so without this reset every step would also
+            # apply all previous steps' gradients.
             p.grad = 0.0
-        # p.grad = 0 above matters: backward() adds into .grad, so without the reset every
-        # step would also apply all previous steps' gradients.
         losses.append(loss.data)
         if (step + 1) % 100 == 0 or step == 0:
             recent = losses[-100:]
@@ -449,8 +455,7 @@ def sample_name(model, bos, itos):
     token, out = bos, []
     for pos in range(BLOCK_SIZE):
         logits = [z.data / TEMPERATURE for z in gpt_step(model, token, pos, keys, values)]
-        top = max(logits)
-        weights = [math.exp(z - top) for z in logits]
+        weights, _ = shifted_exps(logits)   # unnormalised probabilities are enough here
         token = random.choices(range(len(weights)), weights=weights)[0]
         if token == bos:
             break
