@@ -76,7 +76,8 @@ def ensure_dataset():
     """Return the path of a checksum-verified copy of DATA_FILE, downloading it if needed."""
     folder = data_dir()
     path = os.path.join(folder, DATA_FILE)
-    if os.path.isfile(path) and sha256_of(path) == DATA_SHA256:
+    cached_sha = sha256_of(path) if os.path.isfile(path) else None
+    if cached_sha == DATA_SHA256:
         return path
     # Download beside the target and rename only after the checksum matches, so an
     # interrupted or corrupted download can never be mistaken for the real file.
@@ -92,6 +93,14 @@ def ensure_dataset():
     except OSError as error:  # URLError, timeouts and disk errors are all OSErrors
         if partial and os.path.exists(partial):
             os.remove(partial)
+        if cached_sha is not None:
+            # A file is there but it is not the expected one (another version, a truncated
+            # copy): say exactly that, and leave the file alone.
+            sys.exit(f"error: {path} does not match the expected SHA-256,\n"
+                     f"and no fresh copy could be downloaded ({error}).\n"
+                     f"  expected {DATA_SHA256}\n  found    {cached_sha}\n"
+                     f"The file was left as it is. Replace it with a copy of {DATA_URL}\n"
+                     f"(or set NO_MAGIC_DATA_DIR to a folder that holds the right {DATA_FILE}).")
         sys.exit(f"error: could not get {DATA_FILE} ({error}).\n"
                  f"Download {DATA_URL}\nand save it as {path}\n"
                  f"(or set NO_MAGIC_DATA_DIR to a folder that holds {DATA_FILE}).")

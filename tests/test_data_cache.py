@@ -80,6 +80,29 @@ def test_no_network_gives_one_clear_message(script, monkeypatch):
     assert list(script.test_cache.iterdir()) == []
 
 
+def test_wrong_cached_file_offline_is_named_with_both_digests_and_left_alone(script, monkeypatch):
+    # A user who saved their own copy where the message said must learn what is wrong with it,
+    # not be told to save it where it already is.
+    script.test_cache.mkdir()
+    own_copy = b"emma\nolivia\n"
+    (script.test_cache / "names.txt").write_bytes(own_copy)
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(script.urllib.request, "urlopen", offline)
+    with pytest.raises(SystemExit) as exit_info:
+        script.ensure_dataset()
+    message = str(exit_info.value.code)
+    assert str(script.test_cache / "names.txt") in message
+    assert "does not match the expected SHA-256" in message
+    assert GOOD_SHA in message
+    assert hashlib.sha256(own_copy).hexdigest() in message
+    assert "save it as" not in message
+    assert (script.test_cache / "names.txt").read_bytes() == own_copy
+    assert [p.name for p in script.test_cache.iterdir()] == ["names.txt"]
+
+
 def test_default_cache_is_shared_and_not_the_working_directory(script, monkeypatch, tmp_path):
     monkeypatch.delenv("NO_MAGIC_DATA_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
