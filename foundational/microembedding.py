@@ -10,9 +10,10 @@ bigger encoders and text or image pairs, trains SimCLR, CLIP and modern sentence
 models.
 
 The encoder here is as small as it can be: hashed character n-grams, one linear projection,
-L2 normalisation. Because it is linear, the gradient of the loss is derived by hand on plain
-floats below, with every step of the chain rule written next to the variable that holds it,
-and the tests check it against finite differences.
+L2 normalisation. The normalisation is not linear, but the whole graph is small and fixed
+(sum rows, normalise, compare, softmax), so the gradient of the loss is derived by hand on
+plain floats below, with every step of the chain rule written next to the variable that holds
+it, and the tests check it against finite differences.
 
 Run:  python foundational/microembedding.py
 """
@@ -94,12 +95,12 @@ def load_names():
 
 # === HYPERPARAMETERS ===
 # main() reads these at call time, so a test can shrink a run by assigning new values.
-NUM_BUCKETS = 4096     # rows of W; names.txt has ~6,700 distinct 1- to 3-grams, so some share
+NUM_BUCKETS = 4096     # rows of W for 6,692 distinct 1- to 3-grams: most rows are shared
 EMBED_DIM = 32         # width of an embedding vector (see the note below)
 NGRAM_SIZES = (1, 2, 3)
 BATCH_SIZE = 64        # names per step; each name's partner competes with 63 negatives
 TEMPERATURE = 0.1      # divides the cosines; small values make the softmax picky
-LEARNING_RATE = 0.02   # Adam moves an entry by about this much per step: ~10% of INIT_STD
+LEARNING_RATE = 0.02   # Adam's step size; see the OPTIMISER section for how far entries move
 NUM_STEPS = 250
 INIT_STD = 0.2         # std of W's initial entries; the L2 normalisation divides scale out
 HELD_OUT = 3000        # names never trained on; every measurement uses only these
@@ -127,8 +128,10 @@ ADAM_EPS = 1e-8
 # that share many n-grams share many features, which is the raw material for similarity.
 #
 # The hashing trick: instead of building a dictionary of every n-gram, each n-gram is hashed
-# to one of NUM_BUCKETS rows. Unrelated n-grams sometimes collide and share a row; with
-# 4,096 buckets for ~6,700 n-grams that costs a little accuracy and saves the dictionary.
+# to one of NUM_BUCKETS rows, and unrelated n-grams that land in the same row share it. With
+# 4,096 buckets for the 6,692 n-grams of names.txt, sharing is the rule: only about 20% of
+# the n-grams have a row to themselves. It costs little here: with 65,536 buckets (95% alone)
+# the neighbour edit ratio below moved only from 0.457 to 0.467 in our runs.
 # Signpost: fastText hashes character n-grams into ~2 million buckets the same way.
 
 FNV_OFFSET = 0x811C9DC5
@@ -247,10 +250,12 @@ def cosine(a, b):
 # We ask it in both directions (the columns ask "which a is b_j's partner?") and average:
 #     L = (L_row + L_col) / 2                  -- symmetric InfoNCE, as CLIP uses
 # The other B - 1 names in the batch serve as negatives for free ("in-batch negatives").
-# Signpost: SimCLR's NT-Xent also treats the other *same-side* views as negatives (2B - 2 of
-# them per anchor); CLIP uses this symmetric form with a learned temperature and batches of
-# 32,768; sentence-embedding models (SimCSE, E5) add mined "hard negatives" that look similar
-# but mean something else. In-batch negatives have a known cost: about a third of our
+# Signpost: SimCLR's NT-Xent also treats the other views on the anchor's own side as
+# negatives, so each anchor has 2B - 2 of them in all (B - 1 on each side, where we use only
+# the B - 1 on the other side); CLIP uses this symmetric form with a learned temperature and
+# batches of 32,768; sentence-embedding models add "hard negatives" that look similar but mean
+# something else: supervised SimCSE takes them from labelled NLI contradictions, E5 mines
+# them. In-batch negatives have a known cost: about a third of our
 # batches of 64 hold a pair of names one edit apart (anna, anne), and that pair is pushed
 # apart as if the names were unrelated.
 #
@@ -338,6 +343,14 @@ def infonce_loss_and_grad(W, buckets_a, buckets_b, temperature):
 # Per touched entry, with g = gradient, t = global step:
 #     m = b1 m + (1 - b1) g          v = b2 v + (1 - b2) g^2
 #     W -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+# How far an entry moves: lr * m_hat / (sqrt(v_hat) + eps). At step 1 that is lr (m_hat and
+# sqrt(v_hat) are both |g|); once gradients are noisy, m_hat averages out to well below
+# sqrt(v_hat), and in our run the mean step is about a quarter of lr from step 100 on. Rows
+# first touched late move more, up to about 2.4 lr in our run: the bias correction divides by
+# 1 - b2^t with the global step t (as torch.optim.SparseAdam does), which overcorrects a v that
+# started filling only recently. That is the difference from dense Adam: there, every row's
+# m and v decay every step and a row keeps drifting on its momentum when it gets no gradient;
+# lazy Adam keeps no momentum for untouched rows and leaves them exactly where they are.
 # Why Adam and not plain SGD: a row's gradient adds up one contribution per occurrence of
 # its n-gram in the batch, so within one batch the touched rows' gradient norms span about
 # 100x (the letter "a" at the top, one-off trigrams at the bottom). Adam divides each entry's
@@ -451,7 +464,7 @@ def ascii_chart(values, width=60, height=10):
 # (what was measured, key in main()'s result, comparison, threshold or another key)
 CRITERIA = [
     ("cosine: held-out name vs augmented copy", "positive_cosine", ">", 0.8),
-    ("cosine: two random held-out names", "random_cosine", "<", 0.3),
+    ("cosine: two random held-out names", "random_cosine", "<", 0.1),
     ("edit dist to nearest neighbour / random pair", "neighbor_edit_ratio", "<", 0.5),
 ]
 COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
@@ -500,9 +513,10 @@ def main():
     eval_sets = make_eval_sets(held_out)
 
     # Before training, an embedding is a random projection of the n-gram counts, so names
-    # that share n-grams already point somewhat alike and unrelated names are already nearly
-    # orthogonal (random_cosine passes untrained). Scoring this untrained W on the same pairs
-    # shows what training adds: typo robustness (positive_cosine) and better neighbours.
+    # that share n-grams already point somewhat alike. Two random names share some n-grams
+    # too (their exact count-vector cosine averages about 0.24), so untrained random cosines
+    # sit around 0.16 to 0.32 depending on the draw of W; training drives them near 0.
+    # Scoring this untrained W on the same pairs shows what training adds.
     W = [[random.gauss(0.0, INIT_STD) for _ in range(EMBED_DIM)] for _ in range(NUM_BUCKETS)]
     W_untrained = [row[:] for row in W]
     m = [[0.0] * EMBED_DIM for _ in range(NUM_BUCKETS)]   # Adam's first moments

@@ -106,6 +106,32 @@ def test_backward_survives_graphs_deeper_than_the_recursion_limit(Value):
     assert x.grad == 1.0
 
 
+def recursive_topological_order(root):
+    """The short recursive sort that docs/autograd-interface.md warns against."""
+    order, visited = [], set()
+
+    def visit(node):
+        if node not in visited:
+            visited.add(node)
+            for child in node._children:
+                visit(child)
+            order.append(node)
+
+    visit(root)
+    return order
+
+
+def test_the_documented_deep_graph_breaks_a_recursive_sort_but_not_backward(Value):
+    # The example in docs/autograd-interface.md: a loss summed with Python's sum().
+    losses = [Value(0.5) * 2 for _ in range(5000)]
+    total = sum(losses)
+    with pytest.raises(RecursionError):
+        recursive_topological_order(total)
+    total.backward()
+    assert total.data == 5000.0
+    assert all(loss.grad == 1.0 for loss in losses)
+
+
 def test_shared_node_accumulates_gradient_once_per_use(Value):
     x = Value(3.0)
     y = x * x            # x used twice by one node

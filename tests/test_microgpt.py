@@ -148,3 +148,38 @@ def test_sampling_produces_lowercase_letters_only():
         name = gpt.sample_name(model, 26, itos)
         assert len(name) <= gpt.BLOCK_SIZE
         assert all("a" <= c <= "z" for c in name)
+
+
+def test_fused_dot_switch_changes_the_graph_but_not_the_numbers(monkeypatch):
+    random.seed(0)
+    model, params = gpt.init_model(vocab_size=27)
+    tokens = [26, 4, 12, 12, 0, 26]
+    fused = gpt.name_loss(model, tokens)
+    fused.backward()
+    fused_grads = [p.grad for p in params]
+    for p in params:
+        p.grad = 0.0
+    monkeypatch.setattr(gpt, "FUSED_DOT", False)
+    naive = gpt.name_loss(model, tokens)
+    naive.backward()
+    assert naive.data == pytest.approx(fused.data, rel=1e-12)
+    assert close([p.grad for p in params], fused_grads)
+    assert gpt.count_nodes(naive) > 5 * gpt.count_nodes(fused)
+
+
+def test_heldout_loss_weighs_every_token_equally():
+    random.seed(0)
+    model, _ = gpt.init_model(vocab_size=27)
+    short, long = [26, 0, 26], [26, 4, 12, 12, 0, 26]
+    per_name = [gpt.name_loss(model, t).data for t in (short, long)]
+    expected = (per_name[0] * 2 + per_name[1] * 5) / 7
+    assert gpt.heldout_loss(model, [short, long]) == pytest.approx(expected, rel=1e-12)
+
+
+def test_bigram_table_loss_by_hand():
+    # Vocabulary of 2 (token 1 marks the boundary). Training: [1, 0, 1] twice gives counts
+    # 1->0: 2 and 0->1: 2; with add-one smoothing P(0|1) = 3/4, P(1|0) = 3/4.
+    loss = gpt.bigram_heldout_loss([[1, 0, 1], [1, 0, 1]], [[1, 0, 0, 1]], 2)
+    # held-out pairs: 1->0 (3/4), 0->0 (1/4), 0->1 (3/4)
+    expected = -(math.log(0.75) + math.log(0.25) + math.log(0.75)) / 3
+    assert loss == pytest.approx(expected, rel=1e-12)
