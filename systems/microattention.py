@@ -1,6 +1,6 @@
 """microattention: four attention variants side by side, and what each one saves.
 
-Every modern language model is built around the same operation, scaled dot-product
+Every transformer language model is built around the same operation, scaled dot-product
 attention: each position asks a question (a query), compares it with every earlier
 position's label (a key), and takes a weighted average of their contents (values). The
 variants that production models use differ only in how many keys and values they keep and
@@ -18,8 +18,13 @@ formulas, and measures how close GQA and MQA stay to MHA. It also feeds inputs l
 that attention scores pass 1,000, where a softmax that skips its max-subtraction overflows.
 
 It is a forward-pass comparison, not a training script: the lesson is the architecture,
-so nothing is trained (the one exception in this collection to the train-and-infer rule).
-Plain floats throughout; no autograd is needed.
+so nothing is trained (like microflash.py, an exception to the collection's train-and-infer
+rule). Plain floats throughout; no autograd is needed.
+
+Where these variants run: multi-query attention was introduced by Shazeer (2019, "Fast
+Transformer Decoding: One Write-Head is All You Need") and is used by PaLM and Falcon-7B;
+Llama 2 70B uses GQA with 8 key/value heads for its 64 query heads; Mistral 7B uses GQA
+(8 key/value heads for 32 query heads) together with a 4,096-position sliding window.
 
 Run: python systems/microattention.py        (well under a second; standard library only)
 """
@@ -35,8 +40,9 @@ GQA_KV_HEADS = 2     # grouped-query: 2 key/value heads, each shared by 2 query 
 MQA_KV_HEADS = 1     # multi-query: 1 key/value head shared by all 4 query heads
 WINDOW = 4           # sliding window: a position sees itself and the 3 before it
 # Independent random heads share nothing, so averaging them (the GQA conversion below)
-# would throw most of them away. Trained heads are partly redundant; we stand in for that by
-# building each MHA key/value head as a shared part plus a per-head part this large.
+# would throw most of each away. Trained heads overlap (Michel et al., 2019, pruned many
+# heads of trained transformers with little loss); we stand in for that overlap by building
+# each MHA key/value head as a shared part plus a per-head part this large.
 HEAD_SPREAD = 0.2
 SPREAD_SWEEP = (0.0, 0.1, 0.2, 0.5, 1.0, 2.0)   # reported: how the cosines fall with spread
 # The stress test multiplies the input by this factor; scores grow with its square, so the
@@ -174,7 +180,9 @@ def convert(mha, n_kv_heads):
 # computes all positions at once and masks scores above the diagonal with -inf instead;
 # both give the same numbers.
 # Sliding-window attention evicts a cached entry once it falls out of the window, so the
-# cache is a rolling buffer of at most W positions (Mistral 7B does this with W = 4096).
+# cache holds at most W positions. Mistral 7B does this with W = 4096 as a "rolling buffer":
+# a fixed array of W slots where position t overwrites slot t mod W, rather than a list.
+# Signpost: production caches are preallocated tensors per layer, filled for a whole batch.
 
 
 def first_visible(t, window):
@@ -218,8 +226,10 @@ def attention(weights, xs, n_kv_heads, window, counter):
 #   pairs         sum over t of the positions t sees: N(N+1)/2 causal, about N * W windowed
 #   KV cache      2 (key and value) * n_kv * d floats per cached position; min(N, W) of them
 # GQA and MQA shrink only the k/v projections and the cache; the attention term, where the
-# work grows with N^2, keeps every query head. That is why their FLOPs barely change while
-# the cache falls by N_HEAD / n_kv.
+# work grows with N^2, keeps every query head. So as N grows their multiplications approach
+# MHA's (main() prints the ratio up to N = 4,096) while their cache stays N_HEAD / n_kv
+# times smaller. At long context the cache, read in full at every generated token, is what
+# limits decoding speed and batch size, which is why the saving matters.
 
 
 def visible_pairs(n, window):
@@ -354,10 +364,10 @@ def main():
 
     # --- the long-sequence story, from the formulas the counts above just confirmed ---
     # Cost of producing the last position of an N-long sequence: the difference between the
-    # totals for N and N - 1 positions. At N = 16 the projections dominate, so GQA and MQA
-    # look cheaper than they are; as N grows the attention term (which keeps every query
-    # head) takes over and their multiplications approach MHA's, while their cache stays
-    # N_HEAD / n_kv times smaller. The window's cost stops growing at N = W.
+    # totals for N and N - 1 positions. At N = 16 the projections dominate, so sharing
+    # key/value heads saves 20-30% of the multiplications; as N grows the attention term
+    # (which keeps every query head) takes over and the saving fades, while the cache stays
+    # N_HEAD / n_kv times smaller. The window's cost stops growing once N passes W.
     def last_step(n, n_kv, window):
         return (formula_mults(n, n_kv, window) - formula_mults(n - 1, n_kv, window),
                 formula_cache_floats(n, n_kv, window))

@@ -2,8 +2,8 @@
 
 Standard attention computes every score between N queries and N keys, writes that N x N
 matrix to the GPU's large, slow memory (HBM), reads it back for the softmax, writes the
-probabilities, and reads them again to weight the values. At long sequence lengths that
-traffic, not the arithmetic, is what takes the time. Flash attention (Dao et al., 2022)
+probabilities, and reads them again to weight the values. On a GPU that traffic, not the
+arithmetic, is what takes most of the time. Flash attention (Dao et al., 2022)
 never builds the matrix: it cuts Q, K and V into blocks of B rows, keeps one B x B tile of
 scores in the small, fast on-chip memory (SRAM), and folds each tile into the output with
 an *online softmax* that keeps, for every query row,
@@ -15,18 +15,18 @@ and rescales what it has accumulated by exp(m_old - m_new) whenever a larger sco
 The result is exactly softmax(Q K^T / sqrt(d)) V, up to floating-point rounding.
 
 This script is a simulation of what the hardware does, not a speed-up. Python lists all live
-in the same memory, so nothing here is fast: the tiled version is slower in Python than the
-plain one (the run prints both times). What the script does instead is count, float by
-float, what a GPU kernel would read from and write to slow memory and how much scratch space
-each algorithm holds, and check that the tiled answer matches the plain one on every
-configuration it tries: causal mask on and off, and block sizes that do not divide N.
+in the same memory, so the tiled version gains nothing in Python: it does the same arithmetic
+plus a little rescaling (the run prints both counts). What the script does instead is
+count, float by float, what a GPU kernel would read from and write to slow memory and how
+much scratch space each algorithm holds, and check that the tiled answer matches the plain
+one on every configuration it tries: causal mask on and off, and block sizes that do not
+divide N.
 
 Run: python systems/microflash.py        (about a second; standard library only)
 """
 import math
 import operator
 import random
-import time
 
 # === HYPERPARAMETERS ===
 HEAD_DIM = 8                 # d: width of one attention head
@@ -35,7 +35,7 @@ MEMORY_LENGTHS = (32, 128)   # the growth of scratch memory is measured between 
 # Every (N, causal, B) combination below is checked against standard attention. B = 12
 # divides none of these N, so the last tile of every run is ragged (32 = 2*12 + 8,
 # 100 = 8*12 + 4, 128 = 10*12 + 8); with the causal mask on, tiles above the diagonal are
-# fully masked. Those two places are where tiled attention usually goes wrong.
+# fully masked. Those two places are where a tiling bug most easily hides.
 CHECK_LENGTHS = (32, 100, 128)
 CHECK_BLOCKS = (16, 12)
 SWEEP_BLOCKS = (4, 8, 12, 16, 32, 64, 128)   # reported: IO and on-chip space vs block size
@@ -44,8 +44,9 @@ TRACE_ROW = 100              # the query row whose running m and l are printed
 
 # === THE MEMORY METER: WHAT THIS SCRIPT SIMULATES ===
 # A GPU has two memories that matter here. HBM (the "GPU memory", 40-80 GB on an A100) is
-# large and slow; SRAM (192 KB per streaming multiprocessor on an A100, per the FlashAttention
-# paper) is small and roughly ten times faster. A kernel can only compute on what it has
+# large and slow; SRAM (192 KB per streaming multiprocessor on an A100) is small and has
+# about ten times the bandwidth (the FlashAttention paper estimates 19 TB/s against
+# 1.5-2.0 TB/s). A kernel can only compute on what it has
 # loaded into SRAM, so every float it touches travels HBM -> SRAM, and every result it keeps
 # travels back. The meter below counts those floats (`reads`, `writes`) and the scratch space
 # each algorithm allocates beyond its inputs Q, K, V and its output O (`extra`, with its
@@ -90,8 +91,8 @@ def standard_attention(q, k, v, causal, meter):
     scale = 1.0 / math.sqrt(d)
     meter.hold(n * n + 2 * n)          # S (then P in its place), and m, l per row
     meter.reads += 2 * n * d
-    # Like PyTorch's plain path (Q K^T, then masked_fill), every score is computed and the
-    # masked ones are then overwritten with -inf.
+    # As in a plain PyTorch implementation (nanoGPT's: Q K^T, then masked_fill with -inf),
+    # every score is computed and the masked ones are then overwritten.
     scores = [[dot(q_row, k_row, meter) * scale for k_row in k] for q_row in q]
     if causal:
         for i, row in enumerate(scores):
@@ -147,8 +148,8 @@ def online_softmax_stats(scores):
 #     c     = exp(m_i - m_new)                        the rescale factor (0 on the first tile)
 #     l_i   = c * l_i + sum_j exp(s_j - m_new)
 #     acc_i = c * acc_i + sum_j exp(s_j - m_new) v_j
-# and finally O_i = acc_i / l_i. With rescale=False the factor c is left out: that is the
-# classic bug, and the run prints how far off it lands.
+# and finally O_i = acc_i / l_i. With rescale=False the factor c is left out, the bug the
+# error criterion exists to catch; the run prints how far off it lands.
 # With the causal mask, a tile whose first key comes after its last query is fully masked:
 # it is skipped, which is also why a causal kernel does about half the work. The last block
 # is shorter when B does not divide N; every loop bound below is clipped to N.
@@ -297,8 +298,9 @@ def main():
 
     # --- the online softmax on its own ---
     row = [random.gauss(0.0, 3.0) for _ in range(10)]
-    print("online softmax vs two passes over 10 scores: (m, l) =",
-          "(%.6f, %.6f) vs (%.6f, %.6f)" % (online_softmax_stats(row) + two_pass_softmax_stats(row)))
+    online, two_pass = online_softmax_stats(row), two_pass_softmax_stats(row)
+    print(f"10 scores, one pass (online):       m = {online[0]:.6f}, l = {online[1]:.6f}")
+    print(f"10 scores, two passes (max, sum):   m = {two_pass[0]:.6f}, l = {two_pass[1]:.6f}")
 
     # --- correctness over every configuration ---
     print(f"\n{'N':>5} {'causal':>7} {'B':>4} {'last tile':>10} {'max |flash - standard|':>24}")
@@ -349,20 +351,15 @@ def main():
     measured = {}
     for n in MEMORY_LENGTHS:
         standard_meter, flash_meter = MemoryMeter(), MemoryMeter()
-        start = time.perf_counter()
         standard_attention(*inputs(n), False, standard_meter)
-        standard_seconds = time.perf_counter() - start
-        start = time.perf_counter()
         flash_attention(*inputs(n), BLOCK_SIZE, False, flash_meter)
-        flash_seconds = time.perf_counter() - start
         measured[n] = (standard_meter, flash_meter)
         print(f"{n:>5} {standard_meter.peak_extra:>12} {flash_meter.peak_extra:>14} "
               f"{standard_meter.reads + standard_meter.writes:>9} "
               f"{flash_meter.reads + flash_meter.writes:>9} {standard_meter.mults:>10} "
               f"{flash_meter.mults:>12}")
-    print(f"(B = {BLOCK_SIZE}, no mask. In Python, at N = {n}, standard took "
-          f"{standard_seconds * 1000:.0f} ms and flash {flash_seconds * 1000:.0f} ms:\n"
-          f" the tiling saves nothing here, since Python has no SRAM to keep a tile in.)")
+    print(f"(B = {BLOCK_SIZE}, no mask; scratch = floats held beyond Q, K, V and O, IO = floats "
+          f"read from and written to slow memory)")
     small, large = MEMORY_LENGTHS[0], MEMORY_LENGTHS[-1]
     standard_memory_exponent = log_log_slope(small, measured[small][0].peak_extra,
                                              large, measured[large][0].peak_extra)
