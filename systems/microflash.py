@@ -303,7 +303,7 @@ def main():
     print(f"10 scores, two passes (max, sum):   m = {two_pass[0]:.6f}, l = {two_pass[1]:.6f}")
 
     # --- correctness over every configuration ---
-    print(f"\n{'N':>5} {'causal':>7} {'B':>4} {'last tile':>10} {'max |flash - standard|':>24}")
+    print(f"\n{'N':>5} {'causal':>7} {'B':>4} {'last block':>10} {'max |flash - standard|':>24}")
     max_abs_error = 0.0
     for n in CHECK_LENGTHS:
         for causal in (False, True):
@@ -335,7 +335,8 @@ def main():
         print(f"{c0:>3}-{c1 - 1:<5} {tile_max:>9.4f} {m_old:>8.4f} {m_new:>8.4f} "
               f"{correction:>8.4f} {l_value:>9.4f}")
     # A rescale of 1 means the running max did not move; anything less shrinks what was
-    # accumulated so it is measured against the new, larger maximum.
+    # accumulated so it is measured against the new, larger maximum. On the first tile the
+    # rescale is exp(-inf) = 0, applied to an accumulator that is still empty.
 
     # --- which tiles a causal kernel computes ---
     ragged_n, ragged_block = 100, 12
@@ -358,8 +359,8 @@ def main():
               f"{standard_meter.reads + standard_meter.writes:>9} "
               f"{flash_meter.reads + flash_meter.writes:>9} {standard_meter.mults:>10} "
               f"{flash_meter.mults:>12}")
-    print(f"(B = {BLOCK_SIZE}, no mask; scratch = floats held beyond Q, K, V and O, IO = floats "
-          f"read from and written to slow memory)")
+    print(f"(B = {BLOCK_SIZE}, no mask. scratch: floats held beyond Q, K, V and O;\n"
+          f" IO: floats read from and written to slow memory)")
     small, large = MEMORY_LENGTHS[0], MEMORY_LENGTHS[-1]
     standard_memory_exponent = log_log_slope(small, measured[small][0].peak_extra,
                                              large, measured[large][0].peak_extra)
@@ -372,9 +373,11 @@ def main():
     # --- the block size trade-off ---
     # A bigger tile means fewer passes of K and V over each query block (less IO), but the
     # tile and the three blocks must fit in fast memory: Q, K, V and output blocks (4Bd)
-    # plus the B x B tile. Real kernels pick the largest B whose tiles fit in SRAM.
-    print(f"\nBlock size at N = {large} (no mask): slow-memory floats moved and the fast-memory "
-          f"working set 4Bd + B^2")
+    # plus the B x B tile. Real kernels pick the largest B whose tiles fit in SRAM. At B = N
+    # there is one tile and the IO reaches its floor of 4Nd, but then the whole N x N score
+    # matrix must fit in fast memory, which is exactly what fails for long sequences.
+    print(f"\nBlock size at N = {large} (no mask): slow-memory floats moved, and the "
+          f"fast-memory\nworking set from the formula 4Bd + B^2")
     print(f"{'B':>5} {'IO':>8} {'IO / standard':>14} {'fast memory':>12}")
     standard_total = standard_meter.reads + standard_meter.writes
     for block in SWEEP_BLOCKS:
