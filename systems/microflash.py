@@ -151,7 +151,10 @@ def online_softmax_stats(scores):
 # and finally O_i = acc_i / l_i. With rescale=False the factor c is left out, the bug the
 # error criterion exists to catch; the run prints how far off it lands.
 # With the causal mask, a tile whose first key comes after its last query is fully masked:
-# it is skipped, which is also why a causal kernel does about half the work. The last block
+# it is skipped, which is also why a causal kernel does about half the work. Here every
+# row's first tile holds key 0, so m is finite from then on; where a row's first tile can
+# be fully masked (another loop order, a sliding window), m_new is -inf there and
+# exp(m_old - m_new) = exp(-inf + inf) = NaN, so such a kernel must check for it. The last block
 # is shorter when B does not divide N; every loop bound below is clipped to N.
 # Signpost: the original FlashAttention (2022) swaps the loops (K, V outside, Q inside) and
 # keeps O, m and l in HBM between tiles; a real kernel runs many query blocks in parallel,
