@@ -15,6 +15,9 @@ QUICK_SETTINGS = {
     "microembedding": {"NUM_STEPS": 20, "BATCH_SIZE": 16, "NUM_BUCKETS": 512, "EMBED_DIM": 8,
                        "NUM_EVAL_PAIRS": 50, "RETRIEVAL_POOL": 300, "NUM_QUERIES": 20},
     "microgpt": {"NUM_STEPS": 5, "NUM_SAMPLES": 3, "HELDOUT_NAMES": 20, "FUSION_DEMO_NAMES": 1},
+    "microattention": {"SEQ_LEN": 6, "SPREAD_SWEEP": (0.2,)},
+    "microflash": {"CHECK_LENGTHS": (20, 13), "CHECK_BLOCKS": (8, 5), "MEMORY_LENGTHS": (8, 16),
+                   "BLOCK_SIZE": 4, "SWEEP_BLOCKS": (4,), "TRACE_ROW": 5},
 }
 
 
