@@ -433,8 +433,8 @@ def train(model, params, docs, encode):
 # Generation needs no gradients, so the trained weights are copied out of their Values into
 # plain floats: no graph is built and every operation is an ordinary float operation. Each
 # helper below adds the multiplications it performs to a counter (a division counts as one
-# multiplication; additions, powers, exp and max are not counted), and a test replays the forward
-# pass with a float type that counts its own `*` and `/` to check that the tallies are exact.
+# multiplication; additions, powers, exp and max are not counted), and a test replays the
+# forward pass with a float type that counts its own `*` and `/` to check the tallies.
 # The order of every sum and product matches the Value version above, so the float logits
 # equal the Value logits to the last bit (a test checks that too).
 
@@ -448,6 +448,7 @@ class OpCounter:
 
 
 def to_floats(model):
+    # The same matrices, each Value replaced by its .data: a frozen model for inference
     return {name: [[p.data for p in row] for row in mat] for name, mat in model.items()}
 
 
@@ -573,6 +574,7 @@ def forward_pass(weights, tokens, start_pos, cache, counter):
 
 
 def sample_token(logits, rng, ban_token=None):
+    # p_i proportional to exp(z_i / T): unnormalised weights are enough for rng.choices
     weights, _ = shifted_exps([z / TEMPERATURE for z in logits])
     if ban_token is not None:
         weights[ban_token] = 0.0
@@ -598,6 +600,7 @@ def generate(weights, prompt, length, use_cache, seed, ban_token=None, stop_toke
         else:
             # No cache: the whole sequence again, from position 0, into a throwaway cache
             logits = forward_pass(weights, tokens, 0, ContiguousCache(), counter)
+        # One record per model call: what it cost and what the cache held afterwards
         steps.append({"positions": len(tokens), "logits": logits,
                       "mults": counter.mults - mults_before,
                       "floats_read": counter.floats_read - reads_before,
@@ -708,12 +711,15 @@ class PagedCache:
         self.lengths[layer] += 1
 
     def read(self, layer):
+        # Logical position p lives in logical block p // KV_BLOCK at slot p % KV_BLOCK; the
+        # block table turns the logical block into a physical one, wherever it happens to be.
         places = [(self.block_table[p // KV_BLOCK], p % KV_BLOCK)
                   for p in range(self.lengths[layer])]
         return ([self.pool.keys[b][layer][s] for b, s in places],
                 [self.pool.values[b][layer][s] for b, s in places])
 
     def num_floats(self):
+        # floats written; the slots reserved are len(block_table) * KV_BLOCK per layer
         return 2 * N_EMBD * sum(self.lengths)
 
 
@@ -732,6 +738,8 @@ def serve_requests(weights, requests):
         if tick < len(requests):
             caches[tick] = (PagedCache(pool, tick), ContiguousCache())
         finished = []
+        # Every active request advances by one position per tick, as a continuously batched
+        # server decodes one token for each running request per step.
         for rid, (paged, reference) in caches.items():
             tokens = requests[rid]
             pos = paged.lengths[0]
@@ -766,6 +774,8 @@ def bar(value, largest, width=40):
 
 def ascii_line(xs, ys, width=48, height=8):
     """Plot points y(x) as a grid of text, x to the right and y upwards."""
+    # Each point lands in the nearest cell; the y axis starts at 0 so a line through the
+    # origin (memory proportional to positions) looks like one.
     x_lo, x_hi, y_hi = min(xs), max(xs), max(ys)
     grid = [[" "] * width for _ in range(height)]
     for x, y in zip(xs, ys):
@@ -826,6 +836,7 @@ def main():
     print(f"{len(names)} names, vocabulary {len(chars) + 1} tokens, {len(params)} parameters")
     print(f"\n--- 1. A brief training run (Value autograd), so there is a model to serve ---")
     losses = train(model, params, names, encode)
+    # From here on no Value is built: the trained weights are frozen and copied to floats.
     weights = to_floats(model)
     prompt = [bos] + [stoi[c] for c in PROMPT]
 
@@ -869,7 +880,8 @@ def main():
     # n^2 / 2 position-passes; with the cache each step runs one position: n in total.
     uncached_steps, cached_steps = runs[longest, False][1], runs[longest, True][1]
     top = max(s["mults"] for s in uncached_steps)
-    print(f"\nMultiplications per step, length {longest} (one # = {top / 40:,.0f}):")
+    print(f"\n--- 3. The work: multiplications per model call ---")
+    print(f"Multiplications per step, length {longest} (one # = {top / 40:,.0f}):")
     print(f"  len | {'without cache (len = positions in the sequence)':<49} | with cache")
     for u, c in zip(uncached_steps, cached_steps):
         print(f"  {u['positions']:3d} | {bar(u['mults'], top):<40} {u['mults']:>8,} | "
@@ -903,7 +915,8 @@ def main():
     r2, slope = linear_fit_r2(positions, cache_floats)
     per_position = 2 * N_LAYER * N_EMBD
     mismatches = sum(f != per_position * p for p, f in zip(positions, cache_floats))
-    print(f"\nCache size (floats) after each step of the length-{longest} run:")
+    print(f"\n--- 4. The memory: cache size ---")
+    print(f"Cache size (floats) after each step of the length-{longest} run:")
     print(ascii_line(positions, cache_floats))
     print(f"straight-line fit: {slope:.2f} floats per position, R^2 = {r2:.6f}; "
           f"formula 2 * n_layer * n_embd = {per_position}; mismatching steps: {mismatches}")
@@ -924,7 +937,8 @@ def main():
     # multiplications per float (decode) waits on memory and one that does many (prefill)
     # keeps the arithmetic units busy. Python runs every multiplication at the same speed,
     # so this table is a model of the hardware, not a timing.
-    print(f"\nPrefill versus decode (floats read = weights once per pass + the cache):")
+    print(f"\n--- 5. Prefill versus decode ---")
+    print(f"Multiplications per float read (floats read = weights once per pass + the cache):")
     print(f"  {'pass':<34} {'positions':>9} {'mults':>9} {'floats read':>12} {'mults/float':>12}")
     prefill_step, first_decode, last_decode = cached_steps[0], cached_steps[1], cached_steps[-1]
     for label, step, covered in (
@@ -935,6 +949,8 @@ def main():
              uncached_steps[-1]["positions"])):
         print(f"  {label:<34} {covered:>9} {step['mults']:>9,} {step['floats_read']:>12,} "
               f"{step['mults'] / step['floats_read']:>12.2f}")
+    # The prefill's ratio grows with the prompt length (every weight loaded once serves each
+    # prompt position); a decode step's stays near 1 however long the sequence gets.
     prefill_intensity = prefill_step["mults"] / prefill_step["floats_read"]
     decode_intensity = last_decode["mults"] / last_decode["floats_read"]
 
