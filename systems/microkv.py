@@ -11,7 +11,7 @@ appends them to a list, and reads the rest. This file measures exactly that diff
     train a tiny GPT (Value autograd) -> copy its weights to plain floats
       -> generate without a cache (re-run every position each step)
       -> generate with a cache (prefill the prompt once, then decode one position a step)
-      -> same logits to the last bit, but multiplications grow as n^2 versus n
+      -> same logits to the last bit, but multiplications grow as about n^2 versus n
       -> the cache's memory grows linearly -> allocate it in fixed-size blocks (paging)
 
 Every multiplication of the float forward pass is counted, so the saving is shown as numbers
@@ -474,8 +474,9 @@ def softmax_floats(z, counter):
 
 
 def layer_floats_read(weights):
-    # The weights one pass loads, each once: on a GPU a matrix multiply streams every weight
-    # from memory once per pass, however many positions the pass covers.
+    # The weights one pass loads. A well-tiled matrix multiply on a GPU loads each weight from
+    # memory about once per pass, however many positions the pass covers; we count exactly
+    # once. (The embedding rows, two per position, are added by forward_pass.)
     names = [f"layer{layer}.{n}" for layer in range(N_LAYER)
              for n in ("wq", "wk", "wv", "wo", "fc1", "fc2")] + ["lm_head"]
     return sum(len(weights[n]) * len(weights[n][0]) for n in names)
@@ -558,7 +559,7 @@ def forward_pass(weights, tokens, start_pos, cache, counter):
                                 for i in range(h, h + head_dim))
             x = [a + r for a, r in zip(matvec(weights[f"layer{layer}.wo"], attended, counter),
                                        residual)]
-            hidden = [max(0.0, h) for h in
+            hidden = [max(0.0, u) for u in   # ReLU
                       matvec(weights[f"layer{layer}.fc1"], rmsnorm_floats(x, counter), counter)]
             new_xs.append([m + r for m, r in
                            zip(matvec(weights[f"layer{layer}.fc2"], hidden, counter), x)])
@@ -751,10 +752,11 @@ def serve_requests(weights, requests):
             if pos + 1 == len(tokens):
                 finished.append(rid)
         # Measure before the finished requests hand their blocks back: this is the peak
-        in_use = len(pool.owner) - len(pool.free)
+        peak_blocks = max(peak_blocks, len(pool.owner) - len(pool.free))
         peak_requests = max(peak_requests, len(caches))
-        if in_use > peak_blocks:
-            peak_blocks = in_use
+        if tick == len(requests) - 1:
+            # The picture for main(): the last arrival, when the first requests have long
+            # finished and their blocks have been handed out again
             snapshot = (tick, {rid: (list(p.block_table), p.lengths[0])
                                for rid, (p, _) in caches.items()}, list(pool.owner))
         for rid in finished:
@@ -862,6 +864,7 @@ def main():
         uncached = generate(weights, prompt, BLOCK_SIZE, False, seed, stop_token=bos)
         differences.append(max_logit_difference(cached[1], uncached[1]))
         samples.append(decode(cached[0]) + ("" if cached[0] == uncached[0] else "(!)"))
+    # "(!)" would mark a name on which the two runs parted ways; none should appear
     print(f"names from the prompt, cached = uncached: {', '.join(samples)}")
     max_difference = max(differences)
     # The yardstick: a cache that stops appending after the prompt
@@ -942,7 +945,7 @@ def main():
     print(f"  {'pass':<34} {'positions':>9} {'mults':>9} {'floats read':>12} {'mults/float':>12}")
     prefill_step, first_decode, last_decode = cached_steps[0], cached_steps[1], cached_steps[-1]
     for label, step, covered in (
-            (f"prefill ('{PROMPT}' + BOS, one pass)", prefill_step, len(prompt)),
+            (f"prefill (BOS + '{PROMPT}', one pass)", prefill_step, len(prompt)),
             (f"decode at position {first_decode['positions'] - 1}", first_decode, 1),
             (f"decode at position {last_decode['positions'] - 1}", last_decode, 1),
             (f"no cache, last step (all positions)", uncached_steps[-1],
@@ -953,6 +956,10 @@ def main():
     # prompt position); a decode step's stays near 1 however long the sequence gets.
     prefill_intensity = prefill_step["mults"] / prefill_step["floats_read"]
     decode_intensity = last_decode["mults"] / last_decode["floats_read"]
+    print(f"A decode step does about one multiplication per float it loads, so on a GPU it "
+          f"waits on memory.\nThe prefill does {prefill_intensity:.1f} per float with a "
+          f"{len(prompt)}-position prompt, and more with longer prompts.\nWithout a cache "
+          f"the ratio is high too, but only because the same work is done over again.")
 
     # --- 6. Paged allocation ---
     # Requests are random names, so their lengths vary as real requests' do; none knows its
@@ -971,20 +978,22 @@ def main():
     paged_waste = (paged_slots - used) / paged_slots
     contiguous_waste = (contiguous_slots - used) / contiguous_slots
     tick, tables, owners = snapshot
-    print(f"Block tables at tick {tick}, when the most blocks were in use "
+    print(f"Block tables at tick {tick}, when the last request arrives "
           f"(logical block i -> physical block id):")
     for rid, (table, filled) in sorted(tables.items()):
         print(f"  request {rid:2d} {request_names[rid]:<15} {filled:2d}/{len(requests[rid]):2d} "
               f"positions  blocks {table}")
-    print("Physical pool at that tick (request id per block, '.' = free):")
-    labels = [("." if o is None else "0123456789abcdefghijklmnopqrstuvwxyz"[o % 36])
-              for o in owners]
+    print("Physical pool at that tick (the request holding each block, '.' = free). Blocks "
+          "of finished\nrequests went to later ones, so a request's blocks are scattered "
+          "and only its table finds them:")
     shown = max(i for i, o in enumerate(owners) if o is not None) + 4   # the rest is free
-    print("  " + " ".join(labels[:shown]) + f" ... ({len(owners) - shown} more free blocks)")
+    print("  block   " + " ".join(f"{b:>2}" for b in range(shown)))
+    print("  request " + " ".join(" ." if o is None else f"{o:>2}" for o in owners[:shown])
+          + f"  ... and {len(owners) - shown} more free blocks")
     print(f"positions used {used} | slots reserved: paged {paged_slots}, "
           f"contiguous {contiguous_slots} ({NUM_REQUESTS} x {BLOCK_SIZE})")
     print(f"unused share of reserved slots: paged {paged_waste:.1%}, contiguous "
-          f"{contiguous_waste:.1%} | peak memory: paged {peak_blocks * KV_BLOCK} slots, "
+          f"{contiguous_waste:.1%}\npeak memory: paged {peak_blocks * KV_BLOCK} slots, "
           f"contiguous {peak_requests * BLOCK_SIZE} slots ({peak_requests} requests at once)")
     print(f"max |logit difference| through the block tables vs a contiguous cache: "
           f"{paged_difference:.1e}")

@@ -297,11 +297,15 @@ def test_paged_cache_reads_what_a_contiguous_cache_reads(weights):
         used, blocks = done[rid]
         assert used == len(tokens)
         assert blocks == math.ceil(len(tokens) / kv.KV_BLOCK)   # never a block too many
-    # at the snapshot no physical block belongs to two requests
-    _, tables, owners = snapshot
+    # at the snapshot (the last arrival) no physical block belongs to two requests, and the
+    # pool's owner map agrees with the block tables
+    tick, tables, owners = snapshot
+    assert tick == len(requests) - 1
     held = [b for table, _ in tables.values() for b in table]
-    assert len(held) == len(set(held)) == peak_blocks
+    assert len(held) == len(set(held)) == sum(o is not None for o in owners) <= peak_blocks
     assert all(owners[b] == rid for rid, (table, _) in tables.items() for b in table)
+    # busiest tick: tick 6, request 0 holds 7 positions (2 blocks) and request 2 holds 5 (2)
+    assert peak_blocks == 4 and peak_requests == 3
 
 
 def test_freed_blocks_are_reused():
