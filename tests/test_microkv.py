@@ -3,9 +3,9 @@
 The script's claims are exact, so these tests are too: the float forward pass equals the
 Value forward pass bit for bit, cached generation equals uncached generation, paged reads
 equal contiguous reads, and the multiplication counter equals the multiplications a float
-type counts for itself. Deliberately broken caches (positions off by one, keys not appended,
-a cache that stops growing, a block table read one slot off) must fail the same checks by a
-wide margin, so the checks cannot pass by accident. The fused autograd nodes of the brief
+type counts for itself. Deliberately broken caches (positions off by one, keys or values not
+appended, a cache that stops growing, block tables read as if the blocks were contiguous)
+must fail the same checks by a wide margin, so the checks cannot pass by accident. The fused autograd nodes of the brief
 training run are checked against their naive forms and the whole model against finite
 differences.
 """
@@ -226,6 +226,28 @@ def test_cache_holds_two_vectors_per_layer_per_position(weights):
         assert step["cache_floats"] == 2 * kv.N_LAYER * kv.N_EMBD * step["positions"]
 
 
+def test_deeper_and_narrower_models_cache_exactly_too(monkeypatch):
+    # Two layers: layer 1's keys depend on layer 0's whole output, so this checks that a
+    # prefill and the decode steps hand every layer the right inputs. Width 8 checks the
+    # memory formula in its other factor.
+    monkeypatch.setattr(kv, "N_LAYER", 2)
+    monkeypatch.setattr(kv, "N_EMBD", 8)
+    monkeypatch.setattr(kv, "MLP_HIDDEN", 32)
+    random.seed(6)
+    model, _ = kv.init_model(vocab_size=27)
+    weights = kv.to_floats(model)
+    (tokens_u, steps_u), (tokens_c, steps_c) = generate_pair(weights, length=10)
+    assert tokens_u == tokens_c
+    assert kv.max_logit_difference(steps_u, steps_c) == 0.0
+    assert all(s["cache_floats"] == 2 * 2 * 8 * s["positions"] for s in steps_c)
+    # and the Value forward pass of the training code agrees at every position
+    keys, vals = [[], []], [[], []]
+    for pos, tok in enumerate(tokens_c):
+        value_logits = [z.data for z in kv.gpt_step(model, tok, pos, keys, vals)]
+        if pos >= 2:   # from the last prompt position on, one step per position
+            assert value_logits == steps_c[pos - 2]["logits"]
+
+
 def test_positions_off_by_one_fail_the_logit_check(weights, monkeypatch):
     honest, _ = generate_pair(weights)
     real_forward = kv.forward_pass
@@ -334,3 +356,26 @@ def test_reading_blocks_as_if_contiguous_fails(weights, monkeypatch):
     requests = [[BOS, 1, 2, 3, 4, 5, 6], [BOS, 8, 9, 10, 11, 12]]
     _, difference, _, _, _ = kv.serve_requests(weights, requests)
     assert difference > 1e-3
+
+
+# --- sampling and a whole quick run ---------------------------------------------------------
+
+def test_a_banned_token_is_never_drawn():
+    rng = random.Random(0)
+    logits = [0.0] * 26 + [50.0]   # BOS would win every draw if it were allowed
+    assert all(kv.sample_token(logits, rng, ban_token=BOS) != BOS for _ in range(200))
+    assert kv.sample_token(logits, rng) == BOS
+
+
+def test_quick_run_measures_exact_agreement_and_real_growth(monkeypatch, tmp_path, capsys):
+    for name, value in {"NUM_STEPS": 3, "NUM_SAMPLES": 1, "NUM_REQUESTS": 4}.items():
+        monkeypatch.setattr(kv, name, value)
+    monkeypatch.chdir(tmp_path)
+    results = kv.main()
+    out = capsys.readouterr().out
+    assert results["max_logit_difference"] == 0.0
+    assert results["paged_logit_difference"] == 0.0
+    assert results["broken_cache_logit_difference"] > 1e-3   # the yardstick is a real bug
+    assert results["cache_formula_mismatches"] == 0
+    assert results["uncached_growth_exponent"] > 1.8 > 1.3 > results["cached_growth_exponent"]
+    assert "FAIL" not in out and out.count("PASS") == len(kv.CRITERIA)
