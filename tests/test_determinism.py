@@ -18,6 +18,7 @@ QUICK_SETTINGS = {
     "microattention": {"SEQ_LEN": 6, "SPREAD_SWEEP": (0.2,)},
     "microflash": {"CHECK_LENGTHS": (20, 13), "CHECK_BLOCKS": (8, 5), "MEMORY_LENGTHS": (8, 16),
                    "BLOCK_SIZE": 4, "SWEEP_BLOCKS": (4,), "TRACE_ROW": 5},
+    "microkv": {"NUM_STEPS": 3, "GROWTH_LENGTHS": (4, 8), "NUM_SAMPLES": 1, "NUM_REQUESTS": 3},
 }
 
 
