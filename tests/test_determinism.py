@@ -15,6 +15,8 @@ QUICK_SETTINGS = {
     "microembedding": {"NUM_STEPS": 20, "BATCH_SIZE": 16, "NUM_BUCKETS": 512, "EMBED_DIM": 8,
                        "NUM_EVAL_PAIRS": 50, "RETRIEVAL_POOL": 300, "NUM_QUERIES": 20},
     "microgpt": {"NUM_STEPS": 5, "NUM_SAMPLES": 3},
+    "microvae": {"NUM_STEPS": 20, "NUM_TRAIN": 100, "NUM_HELD_OUT": 40, "NUM_PRIOR_SAMPLES": 40,
+                 "NUM_INTERP_PAIRS": 3},
 }
 
 
