@@ -16,9 +16,9 @@ ring, so every picture of the data, the reconstructions and the generated sample
 the terminal. The network is small enough that its backward pass is derived by hand on plain
 floats, one chain-rule step per line; the tests check every gradient against finite
 differences. A second run from the same start with a much larger beta shows the other end of
-the dial: the posterior collapses onto the prior and the decoder stops using z.
+the dial: the posterior collapses onto the prior and the decoder all but stops using z.
 
-Run:  python foundational/microvae.py        (standard library only; about 12 seconds)
+Run:  python foundational/microvae.py        (standard library only; about 10 seconds)
 """
 import math
 import operator
@@ -73,8 +73,9 @@ def make_ring(n):
 # Decoder: the mirror image, one tanh layer and a linear output.
 #     g     = tanh(W_dec z + b_dec)
 #     x_hat = W_out g + b_out             (the reconstruction of x)
-# Signpost: image VAEs use convolutional encoders and decoders and latents of tens to
-# thousands of dimensions; the probabilistic machinery below is the same.
+# Signpost: image VAEs use convolutional encoders and decoders and far larger latents
+# (Stable Diffusion's autoencoder maps a 512x512 image to a 64x64x4 latent); the
+# probabilistic machinery below is the same.
 
 def init_params():
     """Gaussian weights scaled by 1/sqrt(fan-in), so every pre-activation starts near unit
@@ -160,8 +161,8 @@ def reparameterise_backward(sigma, eps, d_z):
 # The loss of one point is
 #     loss = recon + beta * kl                                  (loss, beta = BETA)
 # and a batch averages it. Multiplying the true negative ELBO by 2 s^2 gives exactly this
-# form with beta = 2 s^2, so beta = 0.1 is the ELBO of a decoder with noise std
-# s = sqrt(0.05) = 0.22: a decoder that promises reconstructions to about 0.2.
+# form (plus a constant) with beta = 2 s^2, so beta = 0.1 is the ELBO of a decoder that
+# assumes noise of std s = sqrt(0.05) = 0.22 on each coordinate of x.
 #
 # KL in nats, averaged over data points, bounds how much z can tell the decoder about x (the
 # mutual information between x and z under the encoder is at most the average KL). That is
@@ -270,9 +271,8 @@ def loss_and_grad(params, batch, noise, beta):
 # Per parameter, with g its gradient and t the step number:
 #     m = b1 m + (1 - b1) g        v = b2 v + (1 - b2) g^2
 #     p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
-# The two divisions undo the bias of m and v starting at zero. Every parameter moves about
-# lr per step whatever the size of its raw gradient, which matters here: the KL gradient on
-# the log-variance head and the reconstruction gradient on the output layer differ in scale.
+# The two divisions undo the bias of m and v starting at zero. Dividing m by sqrt(v) makes
+# each parameter's step about lr in size whatever the scale of its own raw gradient.
 
 def adam_step(params, grads, m, v, t, lr):
     step_size = lr / (1.0 - ADAM_BETA1 ** t)
@@ -299,7 +299,8 @@ def adam_step(params, grads, m, v, t, lr):
 #       data, against 2.0 nats and 0.27 at BETA = 0.1.
 #   beta large: every q(z|x) is pulled onto N(0, I). Codes overlap, reconstructions blur.
 # Past some beta, coding is not worth its price at all. Ignoring z, the best decoder outputs
-# the data mean and pays the data's total variance, about RING_RADIUS^2 = 1 per point. For
+# the data mean and pays the data's total variance, about RING_RADIUS^2 = 1 per point (the
+# collapse run's held-out reconstruction error, printed, is 1.01). For
 # Gaussian data with variance lam along a direction, the least squared error reachable with
 # R nats of information about it is lam * exp(-2R) (the Gaussian rate-distortion function),
 # so the first nat saves 2 * lam and coding pays only while beta < 2 * lam. The ring's
@@ -311,9 +312,10 @@ def adam_step(params, grads, m, v, t, lr):
 # becomes (almost exactly) the prior, z carries next to nothing about x, and the decoder
 # learns to all but ignore z and output the data mean, the best guess without information.
 # The run prints both: the KL per point, and where the decoder sends z as it sweeps the prior.
-# Signpost: in text VAEs with strong autoregressive decoders, posterior collapse happens even
-# at beta = 1, because the decoder can model the data without z; remedies such as annealing
-# beta up from 0 during training (Bowman et al. 2016) were invented for that.
+# Signpost: collapse also strikes at beta = 1, the plain ELBO, when the decoder is strong
+# enough to model the data without z. Bowman et al. (2016) met it in a sentence VAE with an
+# LSTM decoder and countered it by raising the KL weight from 0 during training ("KL
+# annealing") and by dropping some of the decoder's input words.
 
 # === TRAINING ===
 # The batches and every eps are drawn once, before either run, so the main run and the
@@ -506,12 +508,13 @@ def ascii_chart(values, width=60, height=8):
 
 # === SUCCESS CRITERIA ===
 # (what was measured, key in main()'s result, comparison, threshold or another key)
-# What a model that learned nothing scores is printed beside each value. Two notes:
+# main() prints what the untrained model and the collapse run score on the same held-out
+# measurements, beside the main run's values. Two notes:
 # - The KL's high end is 5 nats: with BETA = 0 (no KL term) the KL reaches 9.2 and keeps
 #   rising, so that is what a missing or broken KL term looks like.
 # - Collapse is checked as "the collapse run keeps under 1% of the main run's KL". The
 #   average KL bounds the information z carries about x, so the check says the collapsed
-#   code carries under 1% of what the working code carries. A bare collapsed_kl < final_kl
+#   code carries at most 1% of the main run's KL in nats. A bare collapsed_kl < final_kl
 #   would be passed by any larger beta (BETA = 0.7 gives 0.44 nats: smaller, but not
 #   collapsed); a fixed number of nats would say nothing about scale. beta = 1.0 ends at
 #   0.02 nats, right at the line, and COLLAPSE_BETA = 2 at about 0.001.
@@ -570,19 +573,26 @@ def print_pictures(held_out, run, params, interp_pairs):
 # average. This run shows it twice: the reconstructions form a thinner ring than the data
 # (the radial noise is averaged away), and z = 0, the densest point of the prior, where the
 # codes of all angles meet, decodes near the centre of the ring, so the prior samples drawn
-# near z = 0 land inside the hole. With images the same averaging of several plausible
-# outputs is what a viewer sees as blur.
+# near z = 0 land inside the hole (the run splits the off-ring samples by |z|). With images
+# the same averaging of several plausible outputs is what a viewer sees as blur.
 # Covering: every training point must be reconstructed from its own code, so every part of
 # the ring owns a region of code space, and the KL packs those regions into the prior;
 # prior draws therefore land on every part of the ring (the wedge table).
 
-def print_blur_and_coverage(held_out, train_data, run):
+def print_blur_and_coverage(held_out, train_data, run, prior_codes):
     tolerance = 4 * RADIAL_NOISE
     print(f"\nBlurry but covering. Share of points farther than {tolerance:.2f} "
           f"(4 x the radial noise) from every training point:")
     print(f"  held-out data {off_ring_share(held_out, train_data, tolerance):6.1%}   "
           f"reconstructions {off_ring_share(run['reconstructions'], train_data, tolerance):6.1%}"
           f"   prior samples {off_ring_share(run['samples'], train_data, tolerance):6.1%}")
+    # Where do the off-ring samples come from? Split the prior draws by their distance from
+    # z = 0, the centre of the prior.
+    for low, high in ((0.0, 0.5), (0.5, 1.0), (1.0, math.inf)):
+        chosen = [x for z, x in zip(prior_codes, run["samples"]) if low <= math.hypot(*z) < high]
+        if chosen:
+            print(f"  prior draws with {low:.1f} <= |z| < {high:.1f}: {len(chosen):3d}, of which "
+                  f"{off_ring_share(chosen, train_data, tolerance):6.1%} land off the ring")
     print(f"Thickness of the ring (std of the radius): held-out data "
           f"{radial_std(held_out):.3f}, reconstructions {radial_std(run['reconstructions']):.3f}")
     data_counts, sample_counts = sector_counts(held_out), sector_counts(run["samples"])
@@ -675,7 +685,7 @@ def main():
 
     print()
     print_pictures(held_out, main_run, params, interp_pairs)
-    print_blur_and_coverage(held_out, train_data, main_run)
+    print_blur_and_coverage(held_out, train_data, main_run, prior_codes)
     print_decoder_sweep(params, collapsed, train_data, main_run, collapse_run)
 
     results = {
