@@ -460,7 +460,7 @@ def measure(params, train_data, held_out, prior_codes, interp_pairs, blob_distan
 
 # === ASCII PICTURES ===
 
-def scatter(points, width=41, height=19, extent=1.5, marks=None):
+def scatter(points, width=31, height=15, extent=1.5, marks=None):
     """A density plot of 2D points in [-extent, extent]^2: '.', ':', then '#' as the count
     of points in a cell grows. A character cell is about twice as tall as it is wide, so the
     grid has about twice as many columns as rows. `marks` overlays labelled points."""
@@ -484,7 +484,7 @@ def scatter(points, width=41, height=19, extent=1.5, marks=None):
     return ["".join(line) for line in lines]
 
 
-def side_by_side(titles, panels, gap=4):
+def side_by_side(titles, panels, gap=3):
     width = len(panels[0][0])
     print((" " * gap).join(f"{t:<{width}}" for t in titles))
     for rows in zip(*panels):
@@ -492,15 +492,17 @@ def side_by_side(titles, panels, gap=4):
 
 
 def ascii_chart(values, width=60, height=8):
-    """Plot a series as a block chart; each column is the mean of a run of consecutive values."""
+    """Plot a series as a block chart; each column is the mean of a run of consecutive values.
+    Row k from the bottom (k = 0 .. height - 1) fills the columns that reach
+    low + k * (high - low) / (height - 1), so the labels are the lowest and highest column."""
     per_col = max(1, math.ceil(len(values) / width))
     cols = [mean(values[i:i + per_col]) for i in range(0, len(values), per_col)]
     low, high = min(cols), max(cols)
-    span = (high - low) or 1.0
+    step = ((high - low) or 1.0) / (height - 1)
     lines = []
-    for level in range(height, 0, -1):
-        cutoff = low + span * (level - 0.5) / height
-        label = f"{low + span * level / height:7.3f} |" if level in (height, 1) else "        |"
+    for level in range(height - 1, -1, -1):
+        cutoff = low + step * level - 1e-12 * (abs(low) + abs(high))
+        label = f"{low + step * level:7.3f} |" if level in (height - 1, 0) else "        |"
         lines.append(label + "".join("#" if c >= cutoff else " " for c in cols))
     lines.append("        +" + "-" * len(cols))
     return "\n".join(lines)
@@ -582,7 +584,7 @@ def print_pictures(held_out, run, params, interp_pairs):
 def print_blur_and_coverage(held_out, train_data, run, prior_codes):
     tolerance = 4 * RADIAL_NOISE
     print(f"\nBlurry but covering. Share of points farther than {tolerance:.2f} "
-          f"(4 x the radial noise) from every training point:")
+          f"(4 x the radial noise)\nfrom every training point:")
     print(f"  held-out data {off_ring_share(held_out, train_data, tolerance):6.1%}   "
           f"reconstructions {off_ring_share(run['reconstructions'], train_data, tolerance):6.1%}"
           f"   prior samples {off_ring_share(run['samples'], train_data, tolerance):6.1%}")
@@ -616,7 +618,7 @@ def print_decoder_sweep(params, collapsed, train_data, main_run, collapse_run):
     centre = [mean([s[d] for s in collapse_run["samples"]]) for d in range(DATA_DIM)]
     data_mean = [mean([p[d] for p in train_data]) for d in range(DATA_DIM)]
     print(f"Spread of {NUM_PRIOR_SAMPLES} decoded prior samples (rms distance from their "
-          f"centre): beta {BETA}: {main_run['sample_spread']:.3f}, beta {COLLAPSE_BETA}: "
+          f"centre):\n  beta {BETA}: {main_run['sample_spread']:.3f}, beta {COLLAPSE_BETA}: "
           f"{collapse_run['sample_spread']:.3f}")
     print(f"The collapsed decoder's samples sit around ({centre[0]:.3f}, {centre[1]:.3f}); "
           f"the data mean is ({data_mean[0]:.3f}, {data_mean[1]:.3f}).")
@@ -640,7 +642,7 @@ def main():
     print(f"{len(train_data)} training and {len(held_out)} held-out points on a ring; "
           f"{num_params} parameters; {LATENT_DIM}-dimensional codes")
     print(f"blob baseline: a point drawn from the data's Gaussian lies {blob_distance:.3f} "
-          f"from the nearest training point on average\n")
+          f"from the nearest\ntraining point on average\n")
 
     untrained = measure(initial, train_data, held_out, prior_codes, interp_pairs,
                         blob_distance)
@@ -678,8 +680,8 @@ def main():
     free = [key for _, key, op, target in CRITERIA if key in untrained
             and not isinstance(target, str) and COMPARE[op](untrained[key], target)]
     if free:
-        print(f"note: the untrained model already passes {', '.join(free)} (a decoder that "
-              f"barely moves makes even steps);\nthe distance-to-data rows are the ones it fails")
+        print(f"note: the untrained model already passes {', '.join(free)}: a decoder that\n"
+              f"barely moves makes even steps. The distance-to-data rows are the ones it fails.")
     print(f"mean sigma per latent dimension, beta {BETA}: " + ", ".join(
         f"{s:.3f}" for s in main_run["mean_sigma"]))
 

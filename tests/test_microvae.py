@@ -257,7 +257,7 @@ def test_adam_step_matches_the_textbook_formula():
         assert params["W"][0] + params["b"] == pytest.approx(expected, rel=1e-12)
 
 
-def test_a_few_hundred_steps_lower_the_loss_on_the_ring(monkeypatch):
+def test_150_steps_lower_the_loss_and_keep_a_kl_above_half_a_nat(monkeypatch):
     monkeypatch.setattr(vae, "NUM_STEPS", 150)
     monkeypatch.setattr(vae, "LOG_EVERY", 10_000)
     state = random.getstate()
