@@ -78,9 +78,10 @@ def make_ring(n):
 # probabilistic machinery below is the same.
 
 def init_params():
-    """Gaussian weights scaled by 1/sqrt(fan-in), so every pre-activation starts near unit
-    size: tanh is neither saturated nor linear, and both heads start near mu = 0,
-    log_var = 0, which is exactly the prior N(0, I)."""
+    """Gaussian weights scaled by 1/sqrt(fan-in) and zero biases, so pre-activations start
+    at about unit size (tanh neither saturated nor linear) and both heads start near
+    mu = 0, log_var = 0: every q(z|x) begins close to the prior N(0, I) (the untrained
+    model's KL, printed in the held-out table, is about 0.1 nats)."""
     def matrix(rows, cols):
         return [[random.gauss(0.0, 1.0 / math.sqrt(cols)) for _ in range(cols)]
                 for _ in range(rows)]
