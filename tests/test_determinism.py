@@ -19,6 +19,8 @@ QUICK_SETTINGS = {
     "microflash": {"CHECK_LENGTHS": (20, 13), "CHECK_BLOCKS": (8, 5), "MEMORY_LENGTHS": (8, 16),
                    "BLOCK_SIZE": 4, "SWEEP_BLOCKS": (4,), "TRACE_ROW": 5},
     "microkv": {"NUM_STEPS": 3, "GROWTH_LENGTHS": (4, 8), "NUM_SAMPLES": 1, "NUM_REQUESTS": 3},
+    "microvae": {"NUM_STEPS": 20, "NUM_TRAIN": 100, "NUM_HELD_OUT": 40, "NUM_PRIOR_SAMPLES": 40,
+                 "NUM_INTERP_PAIRS": 3},
 }
 
 
