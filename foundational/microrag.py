@@ -484,6 +484,7 @@ CRITERIA = [
     ("exact match with retrieval minus closed-book", "exact_match_gain", ">=", 0.3),
     ("answer loss per char: RAG < closed-book", "rag_answer_loss", "<",
      "closed_book_answer_loss"),
+    ("RAG answers that follow edited documents", "rag_follows_edit", ">=", 0.8),
 ]
 COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
            "==": operator.eq}
