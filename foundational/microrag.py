@@ -18,8 +18,9 @@ so their answers are in no weight of the model; only the index holds them. Two g
 the same shape, trained for the same steps on the same questions in the same order, answer
 them: one reads the retrieved sentence, the other (closed-book) has that input slot empty.
 The closed-book model can at best guess a plausible value from the attribute's list of 8, so
-about 1 in 8 of its answers are right and the rest are made up; the RAG model copies the
-answer out of the retrieved text. The criteria table at the end measures exactly that gap.
+it gets about as many right as a blind guess would (1 in 8) and makes the rest up; the RAG
+model copies the answer out of the retrieved text. The criteria table at the end measures
+that gap, and one more claim: edit the documents, and the same weights give the new answer.
 
 Run: python foundational/microrag.py        (about 20 seconds; standard library only)
 """
@@ -27,6 +28,7 @@ import math
 import operator
 import random
 import re
+import textwrap
 import time
 
 # === HYPERPARAMETERS ===
@@ -48,8 +50,9 @@ NUM_EXAMPLES = 4       # test questions printed with their paragraph and both an
 
 # === THE WORLD: CITIES, FACTS AND PARAGRAPHS ===
 # Every attribute has a fixed list of 8 possible values; each city draws one value per
-# attribute at random. Values are shared between cities (about 12 cities per value), so every
-# answer word also answers some training question: the generator can learn how to spell it.
+# attribute at random. Values are shared between cities (about 12 cities per value), so an
+# answer word recurs across cities and the generator can learn how to spell it from training
+# questions (the run prints the share of test answers that also answer a training question).
 # What it cannot learn from training is *which* city has it for a held-out question.
 ATTRIBUTE_VALUES = {
     "country": ["keldia", "morvania", "ostrel", "dunmark", "valoria", "tessaly", "brevonia",
@@ -82,7 +85,7 @@ FACT_TEMPLATES = {
 FILLER_TEMPLATES = ["{city} is known for its {adj} streets", "the people of {city} are {adj}",
                     "visitors find {city} {adj} in winter", "the old town of {city} is {adj}",
                     "{city} has a {adj} harbour"]
-ADJECTIVES = ["quiet", "busy", "narrow", "ancient", "windy", "green", "crowded", "famous"]
+ADJECTIVES = ["quiet", "busy", "narrow", "historic", "windy", "green", "crowded", "famous"]
 NEIGHBOUR_TEMPLATES = ["traders from {other} often visit {city}",
                        "a long road links {city} with {other}"]
 QUESTION_TEMPLATES = {
@@ -99,9 +102,9 @@ CODAS = ["", "n", "r", "l", "s"]
 
 
 def tokenize(text):
-    # Lowercase words, punctuation dropped. Signpost: production retrievers also stem words
-    # ("flows" -> "flow") and Lucene's analyzers can drop stopwords; dense retrievers read
-    # subword tokens instead (see microtokenizer.py).
+    # Lowercase words, punctuation dropped. Signpost: search engines run an analyzer here;
+    # Lucene's EnglishAnalyzer, for one, also drops stopwords and stems ("flows" -> "flow").
+    # Dense retrievers read subword tokens instead (see microtokenizer.py).
     return re.findall(r"[a-z]+", text.lower())
 
 
@@ -160,11 +163,11 @@ def build_world(num_cities):
 #   frequencies are discounted by |D| / avgdl (b = 0: no discount, b = 1: full discount).
 # This idf is Lucene's form; Robertson's original ln((N - n_t + 0.5) / (n_t + 0.5)) turns
 # negative for words in more than half the documents, and the "1 +" keeps it positive.
-# Signpost: production RAG mostly uses dense retrievers (DPR, sentence-embedding models as in
-# microembedding.py): the query and every chunk become vectors and an approximate
-# nearest-neighbour index (FAISS, HNSW) returns the closest. Many systems run BM25 beside the
-# dense retriever ("hybrid search"), because exact names and rare words are where BM25 is
-# strong, and names are exactly what these questions hinge on.
+# Signpost: many production RAG systems use a dense retriever instead (DPR, or a
+# sentence-embedding model like the one microembedding.py trains): the query and every chunk
+# become vectors, and an approximate nearest-neighbour index (FAISS, HNSW) returns the chunks
+# closest to the query. Many also run BM25 beside it ("hybrid search"): exact names and rare
+# words are where word matching is strong, and names are what these questions hinge on.
 
 
 def build_index(doc_tokens):
@@ -221,7 +224,7 @@ def top_k(scores, k):
 # The generator reads one sentence: the one in the retrieved paragraph that names the asked
 # attribute (the word "river" for a river question). That sentence holds the answer word plus
 # the city's name and template words; the generator must learn which word to spell.
-# Signpost: production RAG splits documents into chunks (a few hundred tokens, often
+# Signpost: production RAG commonly splits documents into chunks (a few hundred tokens, often
 # overlapping) before indexing, retrieves the top few chunks, and pastes their text into a
 # transformer's context window, where attention finds the relevant words; no hand rule picks
 # the sentence. A tiny MLP cannot attend over a paragraph, so this rule does the narrowing,
@@ -260,10 +263,11 @@ def retrieve_and_read(index, documents, question_tokens, attribute):
 # reading the question and the retrieved chunks as one token sequence.
 #
 # Why hand-derived gradients on plain floats instead of the Value autograd of microgpt.py:
-# the network is one hidden layer, so its whole backward pass is five short lines (written
-# out below next to the equations), and plain floats run the ~20 passes over the questions
-# for two generators inside the time budget, which a graph of Value nodes (one per weight
-# use) would not. tests/test_microrag.py checks every gradient against finite differences.
+# the network has one hidden layer, so its whole backward pass is five short lines (written
+# out below next to their equations), and the budget must cover two generators x 300 steps
+# x 16 answers x about 6 characters: some 58,000 predictions with their backward passes.
+# Plain floats do each one with a few list operations and build no graph of Python objects.
+# tests/test_microrag.py checks every weight's gradient against finite differences.
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 END = len(LETTERS)             # output id 26: "the answer is finished"
 START = len(LETTERS)           # input id 26: padding before the first answer character
@@ -421,7 +425,8 @@ def generate(model, layout, fixed_rows):
 
 
 def adam_step(params, grads, moments, step, scale):
-    """One Adam update. params/grads/moments hold lists of floats (rows); scale divides grads."""
+    """One Adam update of the listed (key, row, gradient) rows. Every gradient is first
+    multiplied by scale (1 / characters in the batch, making the loss a per-character mean)."""
     b1, b2 = ADAM_BETA1, ADAM_BETA2
     # m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t): bias corrections folded into two scalars
     step_size = LEARNING_RATE / (1.0 - b1 ** step)
@@ -480,10 +485,9 @@ def bar_chart(rows, width=40):
 # === SUCCESS CRITERIA ===
 # (what was measured, key in main()'s result, comparison, threshold or another key)
 CRITERIA = [
-    ("test questions whose top paragraph is the right one", "retrieval_accuracy", ">=", 0.8),
+    ("test questions whose top paragraph is the right one", "retrieval_accuracy", ">=", 0.95),
     ("exact match with retrieval minus closed-book", "exact_match_gain", ">=", 0.3),
-    ("answer loss per char: RAG < closed-book", "rag_answer_loss", "<",
-     "closed_book_answer_loss"),
+    ("answer loss per char, RAG / closed-book", "answer_loss_ratio", "<", 0.25),
     ("RAG answers that follow edited documents", "rag_follows_edit", ">=", 0.8),
 ]
 COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
@@ -510,17 +514,22 @@ def main():
     doc_tokens = [tokenize(" ".join(sentences)) for sentences in documents]
     print(f"{len(cities)} cities, {len(ATTRIBUTES)} attributes, paragraphs of "
           f"{min(map(len, doc_tokens))} to {max(map(len, doc_tokens))} words")
-    print(f"example paragraph ({cities[0]}):\n  " + ". ".join(documents[0]) + ".")
+    print(f"example paragraph ({cities[0]}):")
+    print(textwrap.fill(". ".join(documents[0]) + ".", width=96, initial_indent="  ",
+                        subsequent_indent="  "))
 
     # --- the split: the generator never trains on a held-out question ---
+    # Questions, not cities, are held out: the generator trains on the other facts of every
+    # city, so it knows every city name and every answer word, but a held-out fact is in no
+    # training example. Only the index has it.
     questions = [(city, attribute) for city in cities for attribute in ATTRIBUTES]
     random.shuffle(questions)
     num_test = round(TEST_FRACTION * len(questions))
     test_questions, train_questions = questions[:num_test], questions[num_test:]
     train_answers = {facts[c][a] for c, a in train_questions}
     seen = sum(facts[c][a] in train_answers for c, a in test_questions) / num_test
-    print(f"{len(train_questions)} training questions, {num_test} held-out test questions; "
-          f"{seen:.0%} of test answers also answer some training question")
+    print(f"{len(train_questions)} training questions, {num_test} held-out test questions;\n"
+          f"{seen:.0%} of test answers are also the answer to some training question")
 
     # --- retrieval: the same BM25 pipeline serves training and test questions ---
     index = build_index(doc_tokens)
@@ -531,14 +540,31 @@ def main():
         return sum(top_doc(q) == doc_of_city[q[0]] for q in test_questions) / num_test
 
     retrieval_accuracy = hit_rate(lambda q: read[q][0][0][0])
-    count_accuracy = hit_rate(lambda q: top_k(count_scores(index, question_tokens[q]), 1)[0][0])
+    # Take BM25 apart: switch off one factor at a time, then all three (plain word counts).
+    variants = [(f"BM25 (k1={BM25_K1}, b={BM25_B})", retrieval_accuracy),
+                ("BM25 with b = 0 (no length normalisation)",
+                 hit_rate(lambda q: top_k(bm25_scores(index, question_tokens[q], b=0.0), 1)[0][0])),
+                ("BM25 with k1 = 0.01 (tf ignored: word there or not)",
+                 hit_rate(lambda q: top_k(bm25_scores(index, question_tokens[q], k1=0.01),
+                                          1)[0][0])),
+                ("counting query words (no idf, k1 or b)",
+                 hit_rate(lambda q: top_k(count_scores(index, question_tokens[q]), 1)[0][0])),
+                ("a random paragraph", 1 / len(cities))]
+    count_accuracy = variants[3][1]
     print(f"\nretrieval: share of test questions whose top paragraph is the city's own")
-    print(f"  BM25 (k1={BM25_K1}, b={BM25_B})               {retrieval_accuracy:.3f}")
-    print(f"  counting query words (no idf/k1/b)  {count_accuracy:.3f}")
-    print(f"  a random paragraph                  {1 / len(cities):.3f}")
+    for name, accuracy in variants:
+        print(f"  {name:<52} {accuracy:.3f}")
     for word in ("the", "river", cities[0]):
         print(f"  idf({word!r}) = {idf(index, word):.3f}   (in {len(index['postings'][word])} "
               f"of {len(cities)} paragraphs)")
+    # What the numbers say about this collection. Counting fails because a long paragraph
+    # holds "the" or "of" ten times and outscores the city's own paragraph, which names the
+    # city 7 to 10 times; idf makes those words nearly weightless. Ignoring tf fails too: a
+    # neighbour's paragraph that mentions the city once then scores about as high as the
+    # city's own, and minor query words tip the balance.
+    # Length normalisation changes nothing here (b = 0 scores the same), because the city's
+    # name decides and all paragraphs have similar lengths; on real collections, where
+    # documents range from a line to a book, it matters.
 
     # --- the generator's inputs: the closed-book model gets the same rows minus the context ---
     vocab = sorted({w for tokens in doc_tokens for w in tokens}
@@ -554,7 +580,8 @@ def main():
                 for q in question_list]
 
     # Both generators start from the same weights and see the same batches in the same order;
-    # the only difference is whether the context block of their input is filled.
+    # the only difference is whether the context block of their input is filled. Both begin
+    # near the uniform guess, a loss of ln(27) = 3.30 per character.
     initial = init_generator(layout["rows"])
     order = []
     while len(order) < NUM_STEPS * BATCH_SIZE:
@@ -564,14 +591,18 @@ def main():
     schedule = [order[i * BATCH_SIZE:(i + 1) * BATCH_SIZE] for i in range(NUM_STEPS)]
     num_weights = layout["rows"] * HIDDEN + HIDDEN + NUM_OUTPUTS * (HIDDEN + 1)
     print(f"\ngenerator: {len(vocab)} words, {layout['rows']} input rows -> {HIDDEN} tanh -> "
-          f"{NUM_OUTPUTS} characters, {num_weights} weights; {NUM_STEPS} steps of "
-          f"{BATCH_SIZE} questions")
-    models, answers, losses = {}, {}, {}
+          f"{NUM_OUTPUTS} characters, {num_weights} weights;\n"
+          f"{NUM_STEPS} steps of {BATCH_SIZE} questions for each of the two generators")
+    models, answers, losses, train_exact = {}, {}, {}, {}
     for label in ("RAG", "closed-book"):
         models[label] = {key: [row[:] if isinstance(row, list) else row for row in value]
                          for key, value in initial.items()}
-        train_generator(label, models[label], layout, examples(label, train_questions),
-                        schedule)
+        train_examples = examples(label, train_questions)
+        train_generator(label, models[label], layout, train_examples, schedule)
+        # Parametric memory: how many of the questions it trained on does each model answer?
+        train_exact[label] = sum(
+            generate(models[label], layout, rows) == facts[q[0]][q[1]]
+            for (rows, _), q in zip(train_examples, train_questions)) / len(train_questions)
         # Evaluation on the held-out questions: greedy answers and the true answer's loss
         test_examples = examples(label, test_questions)
         answers[label] = [generate(models[label], layout, rows) for rows, _ in test_examples]
@@ -582,6 +613,9 @@ def main():
         return sum(condition(answer, q, true) for answer, q, true in
                    zip(answers[label], test_questions, truth)) / num_test
 
+    # Exact match: the greedy answer is the true value, letter for letter. "Plausible": the
+    # answer is one of the 8 values of the asked attribute, right or wrong; a fluent wrong
+    # value is the kind of made-up answer that a reader cannot spot without the source.
     exact = {label: share(label, lambda answer, q, true: answer == true) for label in models}
     plausible = {label: share(label, lambda answer, q, true: answer in ATTRIBUTE_VALUES[q[1]])
                  for label in models}
@@ -622,7 +656,8 @@ def main():
         ranking, sentence = read[q]
         print(f"  Q: {' '.join(question_tokens[q])}?")
         print(f"     BM25 top 3: " + ", ".join(f"{cities[d]} {s:.2f}" for d, s in ranking))
-        print(f"     retrieved:  {'. '.join(documents[ranking[0][0]])}.")
+        print(textwrap.fill(". ".join(documents[ranking[0][0]]) + ".", width=96,
+                            initial_indent="     retrieved:  ", subsequent_indent=" " * 17))
         print(f"     read:       {sentence}")
         print(f"     RAG: {answers['RAG'][i]!r:<12} closed-book: {answers['closed-book'][i]!r:<12} "
               f"truth: {truth[i]!r}")
@@ -634,6 +669,10 @@ def main():
                ("chance: 1 / len(value list)", chance)])
     print(f"answers that are a value of the asked attribute (plausible): "
           f"RAG {plausible['RAG']:.3f}, closed-book {plausible['closed-book']:.3f}")
+    # The closed-book model did learn facts, the ones it trained on: parametric knowledge is
+    # real, but it holds only what training put there.
+    print(f"exact match on the {len(train_questions)} training questions: RAG "
+          f"{train_exact['RAG']:.3f}, closed-book {train_exact['closed-book']:.3f}")
     print(f"made-up answers (wrong value or no value): RAG {1 - exact['RAG']:.3f}, "
           f"closed-book {1 - exact['closed-book']:.3f}")
     print(f"answer loss per char: RAG {losses['RAG']:.4f}, closed-book "
@@ -650,10 +689,13 @@ def main():
         "exact_match_gain": exact["RAG"] - exact["closed-book"],
         "chance_exact_match": chance,
         "rag_answer_loss": losses["RAG"],
+        "answer_loss_ratio": losses["RAG"] / losses["closed-book"],
         "closed_book_answer_loss": losses["closed-book"],
         "rag_plausible": plausible["RAG"],
         "closed_book_plausible": plausible["closed-book"],
         "rag_follows_edit": follows_edit,
+        "rag_train_exact_match": train_exact["RAG"],
+        "closed_book_train_exact_match": train_exact["closed-book"],
         "random_paragraph_exact_match": random_read_exact,
     }
     results = {key: round(value, 6) for key, value in results.items()}
