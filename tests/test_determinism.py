@@ -21,6 +21,7 @@ QUICK_SETTINGS = {
     "microkv": {"NUM_STEPS": 3, "GROWTH_LENGTHS": (4, 8), "NUM_SAMPLES": 1, "NUM_REQUESTS": 3},
     "microvae": {"NUM_STEPS": 20, "NUM_TRAIN": 100, "NUM_HELD_OUT": 40, "NUM_PRIOR_SAMPLES": 40,
                  "NUM_INTERP_PAIRS": 3},
+    "microrag": {"NUM_STEPS": 5, "NUM_CITIES": 20, "HIDDEN": 8},
 }
 
 
