@@ -17,10 +17,11 @@ GPTQ is the part worth slowing down for. Round-to-nearest treats each weight alo
 quantises a layer one input column at a time and, after each column, moves the weights not
 yet quantised so that the layer's outputs on real inputs stay as close as possible to the
 float layer's. The recipe for that move comes from the inverse of H = 2 X X^T, built from
-the inputs X the layer sees on calibration names. At 3 bits it is the difference between a
-model that is badly damaged and one that is only bruised (the run prints both).
+the inputs X the layer sees on calibration names. At 3 bits, with the very same scales, it
+roughly halves the damage plain rounding does to the model's predictions (the run prints
+both, and the same comparison at 2 bits, where the gap is wider).
 
-Run: python systems/microquant.py        (about 30 seconds; standard library only)
+Run: python systems/microquant.py        (under half a minute; standard library only)
 """
 import hashlib
 import math
@@ -397,17 +398,18 @@ def train(model, params, docs, encode, start):
             adam_v[i] = BETA2 * adam_v[i] + (1.0 - BETA2) * p.grad * p.grad
             p.data -= lr * (adam_m[i] / correct_m) / (math.sqrt(adam_v[i] / correct_v) + ADAM_EPS)
             p.grad = 0.0
+        # Progress shows the mean of the last 100 names' own mean losses (a training-window
+        # number, for watching; every measurement that counts is on held-out names)
         recent = (recent + [loss.data])[-100:]
         if (step + 1) % 200 == 0 or step == 0:
-            print(f"step {step + 1:5d}/{NUM_STEPS} | training loss (mean of last "
-                  f"{len(recent)} names) {sum(recent) / len(recent):.4f} "
-                  f"| {time.time() - start:.1f}s")
+            print(f"step {step + 1:5d}/{NUM_STEPS} | training loss "
+                  f"{sum(recent) / len(recent):.4f} | {time.time() - start:.1f}s")
 
 
 # === INFERENCE ON PLAIN FLOATS ===
 # After training nothing needs a gradient, so the weights become plain lists of floats and
-# the forward pass below repeats gpt_step() with floats: the same arithmetic, no graph, many
-# times faster. Every quantised model is evaluated here after dequantisation (w = s * q).
+# the forward pass below repeats gpt_step() with floats: the same arithmetic, with no graph
+# to build or walk (a test checks that both give the same logits). Every quantised model is evaluated here after dequantisation (w = s * q).
 # `record`, when given, collects the input vector of every linear layer: GPTQ's calibration.
 
 
@@ -416,7 +418,8 @@ def float_weights(model):
 
 
 def matvec(rows, x):
-    # y_i = sum_j W_ij x_j
+    # y_i = sum_j W_ij x_j; map(operator.mul) keeps the inner loop in C, the fastest plain
+    # Python has for a dot product
     return [sum(map(operator.mul, row, x)) for row in rows]
 
 
@@ -444,12 +447,14 @@ def float_step(weights, token_id, pos, keys, values, record=None):
             total = sum(exps)
             for i in range(h, h + head_dim):
                 attended.append(sum(e * v[i] for e, v in zip(exps, values[layer])) / total)
-        x_attn = x
+        x_attn = x   # the normalised input that wq, wk and wv all read
         x = [a + r for a, r in zip(matvec(weights[name + "wo"], attended), residual)]
         residual = x
         normed = rmsnorm_floats(x)
         hidden = [max(0.0, h) for h in matvec(weights[name + "fc1"], normed)]
         x = [m + r for m, r in zip(matvec(weights[name + "fc2"], hidden), residual)]
+        # Each linear layer's input is its own calibration data: wq, wk and wv share one,
+        # wo reads the attention output, fc1 the normalised residual, fc2 the ReLU outputs.
         if record is not None:
             for suffix, inputs in (("wq", x_attn), ("wk", x_attn), ("wv", x_attn),
                                    ("wo", attended), ("fc1", normed), ("fc2", hidden)):
@@ -483,11 +488,12 @@ def evaluate(weights, names, encode, reference=None):
                 ref = reference[len(logprob_rows)]
                 total_kl += sum(math.exp(lp) * (lp - lq) for lp, lq in zip(ref, logprobs))
             logprob_rows.append(logprobs)
-    count = len(logprob_rows)
+    count = len(logprob_rows)   # mean over all predicted tokens, not a mean of name means
     return total_loss / count, total_kl / count, logprob_rows
 
 
 def collect_layer_inputs(weights, names, encode):
+    # One float pass over `names`, keeping every input vector each linear layer saw
     record = {name: [] for name in LINEAR_LAYERS}
     for name in names:
         tokens = encode(name)
@@ -510,9 +516,11 @@ def collect_layer_inputs(weights, names, encode):
 # ints, packed into bytes below, because integer storage is the whole point.
 # Signposts: bitsandbytes' LLM.int8() keeps per-row absmax INT8 but computes the few
 # activation outlier features (magnitude above a threshold, 6.0 by default) in 16-bit; AWQ
-# rescales the weight columns that meet large activations before rounding; llama.cpp's
-# k-quants (in GGUF files) give each block of 32 weights its own scale and minimum and
-# quantise those scales too, inside super-blocks of 256.
+# multiplies the weight columns that meet large activations by a per-channel factor before
+# rounding (and divides the activations by it), so the salient weights round more finely;
+# llama.cpp's k-quants (stored in GGUF files) split a row into super-blocks of 256 weights
+# with a scale for every small block inside, and store those scales quantised too (Q4_K:
+# 8 blocks of 32 weights, each with a 6-bit scale and a 6-bit minimum).
 
 
 def to_float32(x):
@@ -572,12 +580,16 @@ def unpack_codes(blob, bits, count):
 
 
 def storage_bytes(quantized):
+    # Measured on the real packed bytes rather than computed from bits * count / 8, so the
+    # size table reports what a file would really hold
     # What a file would hold: the packed codes plus 4 bytes per float32 scale
     flat = [q for row in quantized["codes"] for q in row]
     return len(pack_codes(flat, quantized["bits"])) + 4 * len(quantized["scales"])
 
 
 def roundtrip_violations(rows, quantized_rows, step_of_row):
+    # The absmax guarantee, checked rather than assumed: a quantiser with a wrong scale
+    # (too small, so the largest weights are clipped) or a wrong clamp range breaks it.
     # A weight whose dequantised value is more than half a step away from the original
     return sum(abs(w - w_hat) > 0.5 * step_of_row(r) * (1 + 1e-12)
                for r, (row, row_hat) in enumerate(zip(rows, quantized_rows))
@@ -756,6 +768,8 @@ def compare_rtn_gptq(weights, hessians, heldout_hessians, bits, show_layers):
 
 
 def sample_names(weights, bos, itos, count):
+    # A private generator seeded the same way for every model; the global one is untouched,
+    # so sampling one model more or less never shifts another model's names.
     rng = random.Random(7)
     names = []
     for _ in range(count):
@@ -774,6 +788,7 @@ def sample_names(weights, bos, itos, count):
 
 def ascii_histogram(numbers, bins=17, width=50):
     """Horizontal bars: how many numbers fall in each of `bins` equal slices of the range."""
+    # The range is symmetric around 0, [-max|v|, +max|v|], like an absmax grid
     top = max(abs(v) for v in numbers)
     counts = [0] * bins
     for v in numbers:
@@ -792,7 +807,9 @@ def ascii_bars(labelled, width=40):
 
 
 def bigram_loss(train_names, eval_names, encode, vocab_size):
-    # The simplest language model, a table of next-token counts (add-one smoothed), for scale
+    # The simplest language model, a table of next-token counts (add-one smoothed), for scale:
+    # p(b | a) = (count(a, b) + 1) / sum_c (count(a, c) + 1), scored on the same held-out
+    # names and the same positions (at most BLOCK_SIZE per name) as the GPT
     counts = [[1] * vocab_size for _ in range(vocab_size)]
     for name in train_names:
         tokens = encode(name)
@@ -842,6 +859,8 @@ def main():
     random.seed(42)  # every random draw below (split, init, data order) follows from this
     start = time.time()
     names = load_names()
+    # The file is sorted by popularity: shuffling before the split makes the held-out names
+    # a fair sample instead of the rarest ones.
     random.shuffle(names)
     num_heldout = int(len(names) * HELDOUT_FRACTION)
     heldout, train_names = names[:num_heldout], names[num_heldout:]
@@ -854,13 +873,17 @@ def main():
         return [bos] + [stoi[c] for c in name] + [bos]
 
     model, params = init_model(vocab_size=len(chars) + 1)
-    untrained = float_weights(model)
+    untrained = float_weights(model)   # kept to show what "no learning at all" scores
     print(f"{len(train_names)} training names, {len(heldout)} held out "
           f"({len(eval_names)} scored), {len(params)} parameters")
     train(model, params, train_names, encode, start)
     weights = float_weights(model)
 
     # --- the float32 model and two yardsticks, on the same held-out names ---
+    # An untrained model predicts nearly uniformly (ln 27 = 3.30 nats per token); a bigram
+    # table is the simplest model that learns anything. The float32 GPT must beat both, or
+    # there is nothing worth quantising. Its per-position log-probabilities are kept as the
+    # reference every quantised model's KL is measured against.
     float_loss, _, reference = evaluate(weights, eval_names, encode)
     untrained_loss, _, _ = evaluate(untrained, eval_names, encode)
     bigram = bigram_loss(train_names, eval_names, encode, len(chars) + 1)
@@ -878,9 +901,17 @@ def main():
 
     # --- absmax INT8 and INT4, per row and per tensor, on every matrix ---
     # Every matrix is quantised here, embeddings included: a lookup table shrinks the same way.
+    # For each format: quantise (codes + scales), dequantise (w_hat = s * q), check every
+    # weight's round-trip error, then score the dequantised model.
+    # Signpost: real kernels never build a float copy of the weights. bitsandbytes' LLM.int8()
+    # quantises the activations as well, multiplies integer codes and rescales each output
+    # once by the product of the two scales; weight-only formats (GPTQ's, llama.cpp's)
+    # dequantise small tiles of weights on the fly inside the matrix multiply.
     formats = [("INT8 per-row", 8, True), ("INT8 per-tensor", 8, False),
                ("INT4 per-row", 4, True), ("INT4 per-tensor", 4, False)]
     float_bytes = 4 * len(all_weights)
+    # measured: label -> (held-out loss, KL); samples: label -> generated names;
+    # violations counts weights more than half a step from their original, over all formats
     measured, samples, violations = {}, {"float32": sample_names(weights, bos, itos,
                                                                  NUM_SAMPLES)}, 0
     size_rows = [("float32", 32, float_bytes, float_bytes)]
@@ -906,6 +937,7 @@ def main():
               f"| {time.time() - start:.1f}s")
 
     # --- what the scales cost ---
+    # bytes = packed codes (bits / 8 per weight) + 4 bytes per float32 scale
     print(f"\n{'format':<20} {'codes':>8} {'with scales':>12} {'float32 / this':>15}")
     for label, bits, code_bytes, total_bytes in size_rows:
         print(f"{label:<20} {code_bytes:>7}B {total_bytes:>11}B "
@@ -916,6 +948,9 @@ def main():
           "why INT8\nstops short of 4x and INT4 short of 8x in a model this narrow.")
 
     # --- absmax versus zero-point: symmetric weights versus a lopsided tensor ---
+    # The lopsided tensor is real: the MLP's ReLU outputs on the calibration names, which are
+    # never negative. Activations like these are what INT8 activation schemes must handle;
+    # weights, being roughly symmetric around 0, gain little from a zero-point.
     calibration = collect_layer_inputs(weights, train_names[:CALIB_NAMES], encode)
     relu_outputs = [h for x in calibration["layer0.fc2"] for h in x]   # all >= 0
     print(f"\nINT4 mean squared error, absmax vs zero-point:")
@@ -935,16 +970,20 @@ def main():
               f"{zero_error / count:.3e}   ({absmax_error / zero_error:.1f}x)")
     print("  Absmax leaves the negative codes unused on a tensor with no negative numbers; "
           "zero-point\n  spreads all 16 levels over [0, max]. On roughly symmetric weights "
-          "the gain is small.")
+          "the gain is smaller.")
 
     # --- 3 bits: round-to-nearest versus GPTQ on the seven linear layers ---
     # Both use the same per-row absmax scales; only the choice of codes differs. The
     # embeddings are lookup tables (no input X, so no Hessian) and stay float32 in both.
+    # GPTQ minimises the output error on its calibration inputs; measuring the same error on
+    # inputs from held-out names (the last ones, disjoint from eval_names) shows whether
+    # that win carries over to text it never saw or is just fitted to the calibration set.
     heldout_inputs = collect_layer_inputs(weights, heldout[-CALIB_NAMES:], encode)
     hessians = {name: build_hessian(calibration[name]) for name in LINEAR_LAYERS}
     heldout_hessians = {name: build_hessian(heldout_inputs[name]) for name in LINEAR_LAYERS}
     print(f"\n{GPTQ_BITS}-bit linear layers: round-to-nearest (RTN) versus GPTQ "
           f"(Hessians from {CALIB_NAMES} training names)")
+    # compared: (method, bits) -> (loss, KL, calibration output error, held-out output error)
     compared = {}
     for bits in (GPTQ_BITS, GPTQ_BITS - 1):
         if bits == GPTQ_BITS - 1:
@@ -963,6 +1002,8 @@ def main():
               f"| {time.time() - start:.1f}s")
 
     # --- the whole picture ---
+    # All bars share one scale: the gaps between quantised models are small next to the gap
+    # between any trained model and an untrained one, which is the point of the picture.
     print("\nHeld-out loss of every model (lower is better):")
     print(ascii_bars([("untrained", untrained_loss), ("bigram table", bigram),
                       ("float32", float_loss)] + [(k, v[0]) for k, v in measured.items()]))
