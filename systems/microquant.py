@@ -409,7 +409,8 @@ def train(model, params, docs, encode, start):
 # === INFERENCE ON PLAIN FLOATS ===
 # After training nothing needs a gradient, so the weights become plain lists of floats and
 # the forward pass below repeats gpt_step() with floats: the same arithmetic, with no graph
-# to build or walk (a test checks that both give the same logits). Every quantised model is evaluated here after dequantisation (w = s * q).
+# to build or walk (a test checks that both give the same logits). Every quantised model is
+# evaluated here after dequantisation (w = s * q).
 # `record`, when given, collects the input vector of every linear layer: GPTQ's calibration.
 
 
