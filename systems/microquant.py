@@ -18,8 +18,8 @@ quantises a layer one input column at a time and, after each column, moves the w
 yet quantised so that the layer's outputs on real inputs stay as close as possible to the
 float layer's. The recipe for that move comes from the inverse of H = 2 X X^T, built from
 the inputs X the layer sees on calibration names. At 3 bits, with the very same scales, it
-roughly halves the damage plain rounding does to the model's predictions (the run prints
-both, and the same comparison at 2 bits, where the gap is wider).
+cuts the damage plain rounding does to the model's predictions by more than half (the run
+prints both, and the same comparison at 2 bits, where the gap in loss is wider).
 
 Run: python systems/microquant.py        (under half a minute; standard library only)
 """
@@ -515,10 +515,11 @@ def collect_layer_inputs(weights, names, encode):
 # coarser grid than it needs.
 # The scale is kept as float32 (4 bytes), as real formats store it; the codes are Python
 # ints, packed into bytes below, because integer storage is the whole point.
-# Signposts: bitsandbytes' LLM.int8() keeps per-row absmax INT8 but computes the few
-# activation outlier features (magnitude above a threshold, 6.0 by default) in 16-bit; AWQ
-# multiplies the weight columns that meet large activations by a per-channel factor before
-# rounding (and divides the activations by it), so the salient weights round more finely;
+# Signposts: bitsandbytes' LLM.int8() uses absmax INT8 with one scale per weight row and
+# one per token of the activations, but computes the few activation outlier features
+# (magnitude above a threshold, 6.0 by default) in 16-bit; AWQ multiplies the weight
+# columns that meet large activations by a per-channel factor before rounding (and divides
+# the activations by it), so the salient weights round more finely;
 # llama.cpp's k-quants (stored in GGUF files) split a row into super-blocks of 256 weights
 # with a scale for every small block inside, and store those scales quantised too (Q4_K:
 # 8 blocks of 32 weights, each with a 6-bit scale and a 6-bit minimum).
@@ -661,8 +662,8 @@ def transpose(matrix):
 # Why the inverse and not H itself: the update must know which *other* inputs can stand in
 # for input j. If x_k always moves with x_j, a rounding error on w_j is undone by nudging w_k
 # the other way, and H^-1's entries measure exactly how much of input j each input can
-# replace given all the others. When the inputs are uncorrelated, H is diagonal, Hinv[k][j]
-# is 0 for k != j, and GPTQ is plain rounding (tests/test_microquant.py checks this).
+# replace given all the others. When H is diagonal (sum_t x_tj x_tk = 0 for every pair of
+# inputs), Hinv[k][j] is 0 for k != j and GPTQ is plain rounding (a test checks this).
 # The Cholesky form, as in the GPTQ code: step 3 repeated for j = 0, 1, ... is exactly how a
 # Cholesky factorisation of H^-1 proceeds, so row j of the upper factor U (H^-1 = U^T U)
 # already holds the eliminated row: U[j][k] = Hinv_F[j][k] / sqrt(Hinv_F[j][j]). Step 2
