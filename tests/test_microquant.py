@@ -172,8 +172,8 @@ def test_zero_point_roundtrip_is_within_half_a_step_and_codes_in_range(bits):
         assert 0 <= zero <= 2 ** bits - 1                  # 0 is inside the range
         errors = [abs(w - scale * (q - zero)) for w, q in zip(weights, codes)]
         assert max(errors) <= 0.5 * scale * (1 + 1e-12)
-    _, scale, zero = mq.zero_point_quantize([0.0, 1.0, 2.0], 4)
-    assert scale * (zero - zero) == 0.0                    # exact zero stays exact
+    codes, scale, zero = mq.zero_point_quantize([-0.37, 0.0, 2.9], 4)
+    assert codes[1] == zero and scale * (codes[1] - zero) == 0.0   # an exact zero stays exact
 
 
 def test_zero_point_beats_absmax_on_a_lopsided_tensor():
