@@ -22,6 +22,7 @@ QUICK_SETTINGS = {
     "microvae": {"NUM_STEPS": 20, "NUM_TRAIN": 100, "NUM_HELD_OUT": 40, "NUM_PRIOR_SAMPLES": 40,
                  "NUM_INTERP_PAIRS": 3},
     "microrag": {"NUM_STEPS": 5, "NUM_CITIES": 20, "HIDDEN": 8},
+    "microquant": {"NUM_STEPS": 3, "EVAL_NAMES": 8, "CALIB_NAMES": 8, "NUM_SAMPLES": 1},
 }
 
 
