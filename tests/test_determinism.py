@@ -15,6 +15,8 @@ QUICK_SETTINGS = {
     "microembedding": {"NUM_STEPS": 20, "BATCH_SIZE": 16, "NUM_BUCKETS": 512, "EMBED_DIM": 8,
                        "NUM_EVAL_PAIRS": 50, "RETRIEVAL_POOL": 300, "NUM_QUERIES": 20},
     "microgpt": {"NUM_STEPS": 5, "NUM_SAMPLES": 3},
+    "microbeam": {"NUM_STEPS": 2, "NUM_HELDOUT": 10, "NUM_SAMPLES": 4, "NUM_SPEC_NAMES": 4,
+                  "NUM_TV_SAMPLES": 200},
 }
 
 
