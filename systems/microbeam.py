@@ -4,7 +4,7 @@ A language model gives a probability for every possible next token; decoding is 
 turns those probabilities into text. The rule matters as much as the model: the same trained
 weights produce one fixed name under greedy search, the most probable names it can find under
 beam search, endless variety under sampling, and, with speculative decoding, the same output
-as before for fewer passes of the expensive model. This script trains two small GPTs on baby
+(or, when sampling, the same distribution) for fewer passes of the expensive model. This script trains two small GPTs on baby
 names, a target (about 7,300 parameters) and a draft (about 1,300), then runs every strategy
 on the same target and measures what each one buys:
 
@@ -15,8 +15,9 @@ on the same target and measures what each one buys:
 
 Speculative sampling makes a strong claim: its output follows the target's distribution
 *exactly*, however poor the draft. The script tests that claim rather than trusting it. It
-draws many speculative samples of the first two letters of a name, compares their frequencies
-with the target's exact probabilities over all 27 * 27 outcomes, and sets that distance beside
+draws many speculative samples of the first two tokens of a name, compares their frequencies
+with the target's exact probabilities of all 703 outcomes (26 first letters times 27 next
+tokens, plus the empty name), and sets that distance beside
 the distance reached by the same number of samples drawn from the target itself. A rule with
 a subtle bug (resampling from the target instead of from the residual) is run the same way,
 to show the test can tell the difference.
@@ -36,7 +37,7 @@ import urllib.request
 from collections import Counter, namedtuple
 
 # === HYPERPARAMETERS ===
-# Two models of the same shape, one wider and deeper than the other. The draft must be cheap
+# Two models of the same architecture, one wider and deeper than the other. The draft must be cheap
 # (it runs once per guessed token) and agree with the target often (every disagreement costs
 # a target pass); training both on the same data is the simplest way to get both.
 TARGET_SHAPE = (16, 4, 2)   # (n_embd, n_head, n_layer): 7,264 parameters
@@ -435,7 +436,7 @@ def train(model, params, shape, docs, label, start):
             p.data -= lr * m_hat / (math.sqrt(v_hat) + ADAM_EPS)
             p.grad = 0.0   # backward() accumulates; clear it for the next step
         recent = (recent + [loss.data])[-100:]
-        if (step + 1) % 200 == 0 or step + 1 == NUM_STEPS:
+        if (step + 1) % 100 == 0 or step + 1 == NUM_STEPS:
             print(f"{label} step {step + 1:4d}/{NUM_STEPS} | loss {sum(recent) / len(recent):.4f}"
                   f" (last {len(recent)} names) | {time.time() - start:.1f}s")
 
@@ -618,14 +619,14 @@ def speculative(target, draft, prompt, bos, k, greedy_mode=False, max_new=BLOCK_
     p instead of the residual) and "accept_all" (never reject) are broken controls that show
     what the distribution test catches. Returns (continuation, target passes).
     """
-    shape = one_hot if greedy_mode else (lambda probs: probs)
+    as_dist = one_hot if greedy_mode else (lambda probs: probs)
     prefix, passes = tuple(prompt), 0
     stop = min(BLOCK_SIZE, len(prompt) + max_new)   # the longest the prefix may grow
     while not finished(prefix, bos) and len(prefix) < stop:
         # 1. The draft guesses up to k tokens, one cheap pass each, stopping at an end token.
         guesses, draft_dists = [], []
         while len(guesses) < k and len(prefix) + len(guesses) < stop:
-            q = shape(draft.probs(prefix + tuple(guesses)))
+            q = as_dist(draft.probs(prefix + tuple(guesses)))
             guesses.append(draw(q))
             draft_dists.append(q)
             if guesses[-1] == bos:
@@ -639,7 +640,7 @@ def speculative(target, draft, prompt, bos, k, greedy_mode=False, max_new=BLOCK_
                          and len(prefix) + k < stop)
         accepted, rejected = 0, False
         for x, q in zip(guesses, draft_dists):
-            p = shape(target.probs(prefix))
+            p = as_dist(target.probs(prefix))
             if rule == "accept_all" or random.random() < min(1.0, p[x] / q[x]):
                 prefix += (x,)
                 accepted += 1
@@ -653,12 +654,12 @@ def speculative(target, draft, prompt, bos, k, greedy_mode=False, max_new=BLOCK_
             stats.append((len(guesses), accepted, unconstrained))
         # 4. All guesses accepted and room for more: the bonus token from the target.
         if not rejected and not finished(prefix, bos) and len(prefix) < stop:
-            prefix += (draw(shape(target.probs(prefix))),)
+            prefix += (draw(as_dist(target.probs(prefix))),)
     return prefix[len(prompt):], passes
 
 
 # === TESTING THE CLAIM: DOES SPECULATIVE SAMPLING FOLLOW THE TARGET? ===
-# Take the first two tokens of a name (from the empty prompt): at most 27 * 27 outcomes,
+# Take the first two tokens of a name (from the empty prompt): 26 * 27 + 1 = 703 outcomes,
 # few enough that the target's exact probability of each one is a product we can compute,
 #     P(t1, t2) = p(t1 | BOS) * p(t2 | BOS, t1)    (a name that ends at once is one outcome)
 # Draw n speculative samples and measure the total-variation distance between their
