@@ -226,9 +226,9 @@ def random_table(rng, sharpness):
 def tv_ratio(target, draft, k, rule, n=20000):
     exact = beam.first_two_exact(target, BOS)
     beam.NUM_TV_SAMPLES = n
-    direct = beam.tv_of_sampler(lambda: beam.direct_first_two(target, BOS), exact)
+    direct = beam.tv_of_sampler(lambda: beam.direct_first_two(target, BOS), exact)[0]
     spec = beam.tv_of_sampler(lambda: beam.speculative(target, draft, (BOS,), BOS, k,
-                                                       max_new=2, rule=rule)[0], exact)
+                                                       max_new=2, rule=rule)[0], exact)[0]
     return spec / direct
 
 
