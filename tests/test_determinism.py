@@ -23,6 +23,8 @@ QUICK_SETTINGS = {
                  "NUM_INTERP_PAIRS": 3},
     "microrag": {"NUM_STEPS": 5, "NUM_CITIES": 20, "HIDDEN": 8},
     "microquant": {"NUM_STEPS": 3, "EVAL_NAMES": 8, "CALIB_NAMES": 8, "NUM_SAMPLES": 1},
+    "microbeam": {"NUM_STEPS": 2, "NUM_HELDOUT": 10, "NUM_SAMPLES": 4, "NUM_SPEC_NAMES": 4,
+                  "NUM_TV_SAMPLES": 200},
 }
 
 
