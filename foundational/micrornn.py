@@ -292,7 +292,9 @@ class Value:
 #     y = sum_i w_i x_i + sum_k b_k   =>   dy/dw_i = x_i,  dy/dx_i = w_i,  dy/db_k = 1
 # so one node with all of those local derivatives computes the same numbers and the same
 # gradients. The naive forms stay here beside the fused ones; the tests check that each pair
-# agrees on values and on every gradient.
+# agrees on values and on every gradient. Measured on one GRU training window (forward and
+# backward, on a shared 2-core machine): about 60 ms fused, about 610 ms with the naive dot,
+# state update and cross-entropy, ten times slower.
 
 
 def naive_dot(weights, inputs, *biases):
@@ -416,14 +418,14 @@ def parameters(model):
 
 # === THE TWO CELLS ===
 # A cell maps (h_{t-1}, x_t) to h_t. Everything else (readout, loss, training, sampling) is
-# shared, so the comparison below differs in this one function and nothing else.
+# shared, so the two models differ in this one function (and the weights it uses).
 
 
 def rnn_cell(model, h, char):
     # h_t = tanh(W_xh x_t + W_hh h_{t-1} + b_h)
     # dh_t/dh_{t-1} = diag(1 - h_t^2) W_hh. Backprop multiplies one such matrix per step, and
     # with tanh's slope at most 1 and a W_hh that does not blow up the state, the product
-    # shrinks geometrically with distance: the vanishing gradient.
+    # tends to shrink geometrically with distance: the vanishing gradient.
     W_xh, W_hh, b_h = model["W_xh"], model["W_hh"], model["b_h"]
     return [dot(W_hh[i], h, W_xh[i][char], b_h[i]).tanh() for i in range(N_HIDDEN)]
 
@@ -511,8 +513,8 @@ def train(label, model, cell, windows, start):
 # Put a loss on the last step only, L = -log p(x_17 | x_1..x_16), backpropagate, and read
 # dL/dh_t off the held hidden-state Values for every t. The ratio ||dL/dh_1|| / ||dL/dh_16||
 # says how much of the learning signal from the last prediction still reaches the state
-# 15 steps earlier: close to 1, the first character can still be learned from; 1e-5, the
-# weights will never learn to use it, whatever it carried.
+# 15 steps earlier: close to 1, the first character can still be learned from; at 1e-5, the
+# weights can hardly learn to use it, whatever it carried.
 
 
 # The same norms also give the gradient's survival per step, f = ||dL/dh_t|| / ||dL/dh_t+1||,

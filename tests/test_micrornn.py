@@ -244,3 +244,18 @@ def test_sampling_produces_lowercase_letters_only():
         for _ in range(5):
             name = rnn.sample_name(model, cell, stoi["."], itos)
             assert len(name) <= rnn.SEQ_LEN and all("a" <= c <= "z" for c in name)
+
+
+def test_no_grad_gives_the_same_numbers_without_a_graph():
+    random.seed(3)
+    model = rnn.init_gru(27)
+    window = [26, 4, 12, 12, 0, 26, 14, 11, 8, 21, 8, 0, 26, 0, 21, 0, 26]
+    recorded = rnn.window_loss(model, rnn.gru_cell, window)
+    with rnn.no_grad():
+        bare = rnn.window_loss(model, rnn.gru_cell, window)
+        assert rnn.dot(model["W_hy"][0], model["W_hy"][1])._children == ()
+    assert bare.data == recorded.data
+    assert rnn.recording_graph
+    with pytest.raises(RuntimeError), rnn.no_grad():
+        raise RuntimeError
+    assert rnn.recording_graph   # the switch is restored even after an error
