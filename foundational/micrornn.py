@@ -677,8 +677,8 @@ def gradient_bars(profile, low_exp=-5, high_exp=1, per_decade=6):
 # === SUCCESS CRITERIA ===
 # (what was measured, key in main()'s result, comparison, threshold or another key)
 # The plan asked for ||dL/dh_1|| / ||dL/dh_16|| >= 0.1 in the trained GRU. An untrained GRU
-# meets that (0.18, by its gate bias alone), and a trained one misses it (0.058) because every
-# 16-character window crosses a name boundary, where the trained gates let go. So the two
+# meets that (0.18, by its gate bias alone), and a trained one misses it (0.058) because nearly
+# every 16-character window crosses a name boundary, where the trained gates let go. So the two
 # GRU rows below measure the gate instead: it keeps the gradient inside a name, and it has
 # learned to release it at a boundary (the untrained GRU's gap is 0.001).
 CRITERIA = [
