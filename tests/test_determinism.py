@@ -25,6 +25,7 @@ QUICK_SETTINGS = {
     "microquant": {"NUM_STEPS": 3, "EVAL_NAMES": 8, "CALIB_NAMES": 8, "NUM_SAMPLES": 1},
     "microbeam": {"NUM_STEPS": 2, "NUM_HELDOUT": 10, "NUM_SAMPLES": 4, "NUM_SPEC_NAMES": 4,
                   "NUM_TV_SAMPLES": 200},
+    "micrornn": {"NUM_STEPS": 3, "NUM_EVAL_WINDOWS": 3, "NUM_PROBE_WINDOWS": 2, "NUM_SAMPLES": 3},
 }
 
 
