@@ -19,6 +19,7 @@ QUICK_SETTINGS = {
     "microflash": {"CHECK_LENGTHS": (20, 13), "CHECK_BLOCKS": (8, 5), "MEMORY_LENGTHS": (8, 16),
                    "BLOCK_SIZE": 4, "SWEEP_BLOCKS": (4,), "TRACE_ROW": 5},
     "microkv": {"NUM_STEPS": 3, "GROWTH_LENGTHS": (4, 8), "NUM_SAMPLES": 1, "NUM_REQUESTS": 3},
+    "micromoe": {"NUM_STEPS": 5, "BATCH_SIZE": 8, "EVAL_NAMES": 20, "SAMPLES": 1},
 }
 
 
