@@ -489,7 +489,7 @@ def balance_loss(mean_probs, shares):
 # the chosen experts' scores: an expert outside a token's top 2 has no gate there, so only
 # the balancing loss (through P_i) can move its score up.
 # The weight gradients are sums of outer products over the batch; outer_sum() computes each
-# one once per batch, which is cheaper in Python than adding 32 outer products one by one.
+# one once per batch, from the inputs and output gradients the tokens stored.
 
 
 def transpose(rows):
@@ -698,9 +698,10 @@ def expert_characters(by_char, top=6, min_count=20):
     expert is for."""
     lines = []
     for e in range(N_EXPERTS):
-        ranked = sorted(((TOP_K * row[e] / sum(row), ch) for ch, row in by_char.items()
+        # Ties in share go to the character with more tokens.
+        ranked = sorted(((TOP_K * row[e] / sum(row), sum(row), ch) for ch, row in by_char.items()
                          if sum(row) >= TOP_K * min_count), reverse=True)[:top]
-        shown = "  ".join(f"{'^' if ch == 'BOS' else ch} {share:4.0%}" for share, ch in ranked)
+        shown = "  ".join(f"{'^' if ch == 'BOS' else ch} {share:4.0%}" for share, _, ch in ranked)
         lines.append(f"  expert {e}: {shown}")
     return "\n".join(lines)
 
