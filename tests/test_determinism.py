@@ -26,6 +26,7 @@ QUICK_SETTINGS = {
     "microbeam": {"NUM_STEPS": 2, "NUM_HELDOUT": 10, "NUM_SAMPLES": 4, "NUM_SPEC_NAMES": 4,
                   "NUM_TV_SAMPLES": 200},
     "micrornn": {"NUM_STEPS": 3, "NUM_EVAL_WINDOWS": 3, "NUM_PROBE_WINDOWS": 2, "NUM_SAMPLES": 3},
+    "micromoe": {"NUM_STEPS": 5, "BATCH_SIZE": 8, "EVAL_NAMES": 20, "SAMPLES": 1},
 }
 
 
