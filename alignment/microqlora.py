@@ -9,9 +9,9 @@ But the frozen W0 still has to sit in memory in full precision, and once the ada
 small, that frozen copy is most of the memory fine-tuning needs. QLoRA (Dettmers et al., 2023,
 "QLoRA: Efficient Finetuning of Quantized LLMs") stores W0 in 4 bits instead:
 
-  1. NF4 (4-bit NormalFloat): 16 levels placed at quantiles of a normal distribution, so that
-     bell-shaped weights fall on every level about equally often, each block of 64 weights
-     scaled by its own largest |w| (absmax);
+  1. NF4 (4-bit NormalFloat): 16 levels placed at quantiles of a normal distribution, so
+     that bell-shaped weights spread over the levels far more evenly than over evenly spaced
+     ones; each block of 64 weights is scaled by its own largest |w| (absmax);
   2. double quantisation: those per-block scales are themselves stored in 8 bits;
   3. the forward pass dequantises W0 on the fly, and gradients flow through it into the
      adapters only: the 4-bit codes are never trained, so they never need a gradient.
@@ -22,7 +22,7 @@ This file runs the whole story on baby names and measures each claim:
     -> LoRA on the float base and QLoRA on the 4-bit base, same start, same names, n-z
     -> held-out losses -> bytes needed to fine-tune: full, LoRA, QLoRA
 
-Run: python alignment/microqlora.py        (about 30 seconds; standard library only)
+Run: python alignment/microqlora.py        (about 25 seconds; standard library only)
 """
 import bisect
 import hashlib
@@ -537,7 +537,7 @@ def train(label, params, step_loss, num_steps, learning_rate, start):
 # the tails, where they are rare.
 # The construction (the QLoRA paper's; bitsandbytes' create_normal_map with the default
 # offset 0.9677083 and use_extra_value=True computes the same):
-#   - an exact 0 is one of the levels, so that zeros (padding, pruned weights) stay exactly 0;
+#   - an exact 0 is one of the levels, so that a weight of exactly 0 comes back exactly 0;
 #   - 16 codes minus that zero leave 15, an odd number: the positive side gets 8 levels, the
 #     negative side 7;
 #   - positive side: the quantiles Q(p) at 9 probabilities evenly spaced from 0.5 to
@@ -646,11 +646,11 @@ def unpack_nibbles(blob, count):
 # each block as signed 8-bit absmax codes with one float32 constant per block:
 #     c ~ offset + k * z,    z in -127..127,   k = max|c - offset| / 127 over the block
 # Cost per weight: 8 / 64 + 32 / (64 * 256) = 0.127 bits instead of 0.5, a saving of 0.373
-# bits per weight (QLoRA's paper quotes about 0.373 too: about 3 GB on a 65B model).
-# Signpost: bitsandbytes (quantize_4bit with compress_statistics=True) also subtracts the mean
-# and uses blocks of 256, but its 8-bit codes index its "dynamic" 8-bit map, not evenly
-# spaced integers; the QLoRA paper describes 8-bit floats there. Evenly spaced 8-bit codes
-# are the simplest version of the same idea.
+# bits per weight: tiny here, about 3 GB on a model of 65 billion weights (65e9 * 0.373 / 8).
+# Signpost: bitsandbytes (quantize_4bit with compress_statistics=True) also subtracts the
+# mean and uses blocks of 256, but its 8-bit codes index its "dynamic" 8-bit map
+# (create_dynamic_map), not evenly spaced integers. Evenly spaced 8-bit codes are the
+# simplest version of the same idea.
 
 
 def quantize_scales(absmax):
@@ -671,17 +671,18 @@ def dequantize_scales(quantized):
 
 
 # === THE QUANTISED BASE MODEL ===
-# Every matrix of the frozen base (embeddings included, so that all 4,192 weights count) is
-# stored as packed 4-bit codes plus its double-quantised scales. Nothing else of the base
-# is kept: the float weights can be thrown away.
+# Every matrix of the frozen base is stored as packed 4-bit codes plus its double-quantised
+# scales. Nothing else of the base is kept: the float weights can be thrown away.
 # Dequantising rebuilds, block by block, a 16-entry table levels[i] * scale and looks every
 # code up in it: one table lookup per weight.
 # Signposts: bitsandbytes keeps only the packed codes and their constants in memory and
 # dequantises them to the compute dtype (bfloat16, say) inside its 4-bit matrix multiply
-# each time a layer runs, forward and backward, so no float copy of the weights outlives the
-# layer's call. Hugging Face's load_in_4bit replaces the linear layers this way; embedding
-# tables are not linear layers and stay in 16 bits, and so, by default, does the output
-# layer. Our base is so small that quantising everything keeps the arithmetic clean.
+# each time a layer runs, so no float copy of the weights outlives the layer's call. Its
+# backward pass dequantises the weight once more, to compute the gradient for the layer's
+# input only: a gradient for the 4-bit weight itself is never computed. Hugging Face's
+# load_in_4bit swaps the linear layers for these 4-bit ones; embedding tables are not linear
+# layers and stay unquantised, and so, by default, does the output layer (lm_head). Here
+# every matrix is quantised, so that all 4,192 weights are counted in the same format.
 
 
 def quantize_matrix(rows, levels):
@@ -846,6 +847,7 @@ def code_usage(store, count):
 # (what was measured, key in main()'s result, comparison, threshold or another key)
 CRITERIA = [
     ("weight MSE: NF4 < uniform INT4 (same blocks)", "nf4_mse", "<", "int4_mse"),
+    ("weight MSE: NF4 < 16 evenly spaced levels", "nf4_mse", "<", "uniform16_mse"),
     ("share of LoRA's B gain that QLoRA reaches", "qlora_gain_recovered", ">=", 0.8),
     ("float32 base bytes / NF4 base bytes", "base_compression_ratio", ">", 7.2),
     ("fine-tuning bytes: full / QLoRA", "training_memory_ratio", ">", 4),

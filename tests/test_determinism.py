@@ -23,6 +23,7 @@ QUICK_SETTINGS = {
                  "NUM_INTERP_PAIRS": 3},
     "microrag": {"NUM_STEPS": 5, "NUM_CITIES": 20, "HIDDEN": 8},
     "microquant": {"NUM_STEPS": 3, "EVAL_NAMES": 8, "CALIB_NAMES": 8, "NUM_SAMPLES": 1},
+    "microqlora": {"NUM_STEPS": 3, "ADAPT_STEPS": 3, "EVAL_NAMES": 10, "NUM_SAMPLES": 1},
 }
 
 
