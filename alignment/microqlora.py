@@ -546,8 +546,8 @@ def train(label, params, step_loss, num_steps, learning_rate, start):
 #     dropped the same way;
 #   - divide all by the largest, so the levels run exactly from -1 to 1.
 # Why the offset: Q(1) is infinite, so the outermost level needs a probability below 1.
-# 0.9677083 is, to 7 digits, the mean of 1 - 1/32 and 1 - 1/30 (the centres of the last of
-# 32 and of 30 equal slices of probability); Q(0.9677083) = 1.848 standard deviations.
+# 0.9677083 is, to 7 digits, the mean of 1 - 1/32 and 1 - 1/30, the centres of the last of 16
+# and of the last of 15 equal slices of probability; Q(0.9677083) = 1.848 standard deviations.
 # tests/test_microqlora.py checks the 16 levels derived here against bitsandbytes' own table
 # (its get_4bit_type("nf4"), as shipped in bitsandbytes 0.50.2): they agree to float32
 # precision.
@@ -672,7 +672,9 @@ def dequantize_scales(quantized):
 
 # === THE QUANTISED BASE MODEL ===
 # Every matrix of the frozen base is stored as packed 4-bit codes plus its double-quantised
-# scales. Nothing else of the base is kept: the float weights can be thrown away.
+# scales. Nothing else of the base is needed: the float weights can be thrown away. (The
+# store below also keeps the float32 block scales, but only so that main() can compare with
+# single-level storage; stored_bytes() does not count them for QLoRA.)
 # Dequantising rebuilds, block by block, a 16-entry table levels[i] * scale and looks every
 # code up in it: one table lookup per weight.
 # Signposts: bitsandbytes keeps only the packed codes and their constants in memory and
@@ -732,6 +734,12 @@ def stored_bytes(store, double_quantized=True):
 # it runs on plain floats and builds no graph.
 
 
+def frozen_adapter_floats(adapters):
+    # The trained adapters as plain floats, so that evaluation builds no graph
+    return {name: tuple([[w.data if isinstance(w, Value) else w for w in row] for row in m]
+                        for m in pair) for name, pair in adapters.items()}
+
+
 def heldout_loss(weights, adapters, token_lists):
     adapters = frozen_adapter_floats(adapters)
     total, count = 0.0, 0
@@ -740,12 +748,6 @@ def heldout_loss(weights, adapters, token_lists):
         total += name_loss(weights, adapters, tokens) * n
         count += n
     return total / count
-
-
-def frozen_adapter_floats(adapters):
-    # The trained adapters as plain floats, so that evaluation builds no graph
-    return {name: tuple([[w.data if isinstance(w, Value) else w for w in row] for row in m]
-                        for m in pair) for name, pair in adapters.items()}
 
 
 def mean_squared_error(weights, restored):
@@ -937,7 +939,7 @@ def main():
     int4_usage, _ = code_usage(stores["uniform INT4 (absmax)"], num_weights)
     print("\nHow often each code is used on the trained base: NF4 (left) spreads the weights "
           "over its\nlevels far more evenly than evenly spaced INT4 (right), which crowds "
-          "them onto a few codes near 0.")
+          "most of them onto\nthe few codes near 0.")
     for code in range(16):
         int4_label = f"{int4_levels()[code]:+.3f}" if code else " (unused)"
         print(f"  {nf4[code]:+.3f} {'#' * round(60 * usage[code] / num_weights):<20} "
