@@ -374,7 +374,7 @@ def relu(h):
 # === MODEL PARAMETERS ===
 # A matrix is a list of rows; in y = W x a row holds one output neuron's weights. During
 # pretraining the entries are Values; afterwards the base is frozen into plain floats
-# (float32 in a real system: 4 bytes each), and then into 4-bit codes.
+# (counted as float32, 4 bytes each, in the memory table), and then into 4-bit codes.
 
 
 def matrix(rows, cols, std):
@@ -414,10 +414,11 @@ def frozen_copy(model):
 # because with A = 0 too, B's gradient (dL/dB = dL/dh u^T, u = A x) would be 0, and A's (it
 # goes through B) as well, forever. This is the LoRA paper's initialisation (PEFT's default
 # draws A from a Kaiming-uniform distribution instead; B = 0 in both).
-# Signposts: PEFT multiplies B A x by lora_alpha / r. This script takes lora_alpha = r, so the
-# factor is 1 and is left out. The QLoRA paper puts adapters on every linear layer of the
-# transformer blocks (it found that necessary to match 16-bit full fine-tuning); this script
-# adapts only the query and value projections, the LoRA paper's choice.
+# Signposts: PEFT multiplies B A x by lora_alpha / r (by default). This script takes
+# lora_alpha = r, so the factor is 1 and is left out. The QLoRA paper puts adapters on every
+# linear layer of the transformer blocks (it found that necessary to match 16-bit full
+# fine-tuning); this script adapts only the query and value projections, the LoRA paper's
+# choice.
 
 
 def init_adapters(rank):
