@@ -19,6 +19,8 @@ QUICK_SETTINGS = {
     "microflash": {"CHECK_LENGTHS": (20, 13), "CHECK_BLOCKS": (8, 5), "MEMORY_LENGTHS": (8, 16),
                    "BLOCK_SIZE": 4, "SWEEP_BLOCKS": (4,), "TRACE_ROW": 5},
     "microkv": {"NUM_STEPS": 3, "GROWTH_LENGTHS": (4, 8), "NUM_SAMPLES": 1, "NUM_REQUESTS": 3},
+    "microbatchnorm": {"NUM_STEPS": 3, "HELDOUT_EXAMPLES": 50, "STATS_EXAMPLES": 64,
+                       "NUM_SAMPLES": 1},
 }
 
 
