@@ -10,10 +10,13 @@ the tanh, the other does not.
     y     = gamma * x_hat + beta                  a learned scale and shift per feature
 
 Without it, big steps push the pre-activations far from zero, the tanh units saturate at +-1,
-their gradients (1 - tanh^2) vanish, and training stalls. With it, each feature enters the tanh
-centred and scaled whatever the weights did, and the same step size trains well. The run
-prints both loss curves side by side, how many units sit saturated in each layer, and the
-held-out loss of both networks.
+their gradients (1 - tanh^2) vanish, and learning stalls: in our run the plain network's mean
+loss over its first 25 steps is 6.42, twice the 3.30 it started from, and it ends with 86% of
+its hidden units saturated.
+With it, each feature enters the tanh with the mean and spread that beta and gamma set,
+whatever the weights before it did, and the same step size trains well (0.5% saturated, and a
+held-out loss of 2.51 against the plain network's 2.77). The run prints both loss curves side
+by side, how many units sit saturated in each layer, and the held-out loss of both networks.
 
 Batch norm has two modes, and the script shows both. In training it uses the statistics of
 the current batch, so the gradient flows through the batch mean and variance (the examples of
@@ -22,12 +25,13 @@ formula is shown and checked against it). It also keeps running averages of thos
 and at inference it switches to them, so that a prediction no longer depends on which other
 examples share its batch, and a batch of one example works.
 
-Attribution: the network, the data set and the "what the activations look like" measurements
-follow Andrej Karpathy's makemore (part 3, activations and batch norm) and micrograd (the
-`Value` autograd); batch normalisation is from Ioffe and Szegedy (2015). Read his originals
-too: https://github.com/karpathy/makemore and https://github.com/karpathy/micrograd
+Attribution: the network, the data set and the habit of looking at every layer's activations
+follow Andrej Karpathy's makemore series (its part 3 is about activations, gradients and batch
+norm), and the `Value` autograd follows his micrograd; batch normalisation is from Ioffe and
+Szegedy (2015). Read his originals too: https://github.com/karpathy/makemore and
+https://github.com/karpathy/micrograd
 
-Run: python alignment/microbatchnorm.py        (about 12 seconds; standard library only)
+Run: python alignment/microbatchnorm.py        (about 10 seconds; standard library only)
 """
 import hashlib
 import math
@@ -44,7 +48,7 @@ import urllib.request
 CONTEXT = 3            # letters of context: predict letter t from letters t-3, t-2, t-1
 EMBED_DIM = 8          # each letter becomes a learned 8-number vector; 3 * 8 = 24 inputs
 HIDDEN = 24            # width of each hidden layer
-NUM_HIDDEN_LAYERS = 3  # deep enough for saturation to compound from layer to layer
+NUM_HIDDEN_LAYERS = 3  # the BN network puts batch norm before each of the three tanh layers
 BATCH_SIZE = 32
 NUM_STEPS = 150        # per network; both networks train in the same loop on the same batches
 # Deliberately large. Plain SGD, decayed linearly to 0 over the run (big steps first, small
@@ -773,17 +777,25 @@ def bucket_means(series, width):
             max(1, int((i + 1) * size) - int(i * size)) for i in range(width)]
 
 
-def side_by_side_curves(left, right, titles, width=36, height=10):
+def side_by_side_curves(left, right, titles, width=36, height=12):
     """Two loss curves on one shared vertical scale, so heights compare directly."""
     # Each point averages NUM_STEPS / width steps: a single batch's loss is too noisy to read.
+    # The scale stops at ln(27) + 0.5, a little above an untrained network's loss, so that
+    # the interesting range stays readable; a point above it is drawn as ^ on the top row.
     curves = [bucket_means(left, width), bucket_means(right, width)]
     low = min(min(c) for c in curves)
-    high = max(max(c) for c in curves)
+    high = min(max(max(c) for c in curves), math.log(27) + 0.5)
     half_row = (high - low) / (2 * (height - 1)) + 1e-12
+
+    def mark(p, level, top_row):
+        if top_row and p > high + half_row:
+            return "^"
+        return "*" if abs(p - level) <= half_row else " "
+
     lines = [f"{'':8}{titles[0]:<{width + 4}}{titles[1]}"]
     for r in range(height):
         level = high - (high - low) * r / (height - 1)
-        cells = ["".join("*" if abs(p - level) <= half_row else " " for p in c) for c in curves]
+        cells = ["".join(mark(p, level, r == 0) for p in c) for c in curves]
         lines.append(f"{level:6.2f} |{cells[0]:<{width}}   |{cells[1]}")
     lines.append(f"{'':7}+{'-' * width}   +{'-' * width}")
     lines.append(f"{'':8}step 1{'':>{width - 10}}{NUM_STEPS:>4}    step 1"
@@ -870,7 +882,8 @@ def main():
     print()
     losses, mean_grads, last_batch_stats = train(nets, train_examples)
     plain_curve, bn_curve = losses["plain"], losses["batch norm"]
-    print("\nTraining loss per step, averaged in buckets (same scale on both sides):")
+    print("\nTraining loss per step, averaged in buckets (same scale on both sides; "
+          "^ = above the scale):")
     print(side_by_side_curves(plain_curve, bn_curve, ("plain", "batch norm")))
     plain_steps, bn_steps = steps_to_target(plain_curve), steps_to_target(bn_curve)
     print(f"steps until the mean loss of the last {TARGET_WINDOW} steps falls below "
@@ -886,6 +899,9 @@ def main():
     _, _, full_stats = forward_floats(bn_snap, stats_examples)
     log_probs, _, _ = forward_floats(bn_snap, heldout, full_stats)
     bn_heldout_full = mean_loss(log_probs, heldout)
+    # If the running averages track the final network, normalising with them (what inference
+    # does) scores the same as normalising with statistics computed afresh on 2,000 training
+    # windows with the final weights. The two numbers below differ in the fourth decimal.
     print(f"\nHeld-out loss per character ({len(heldout)} windows): untrained "
           f"{untrained_loss:.4f} | plain {plain_heldout:.4f} | BN, inference mode (running "
           f"statistics) {bn_heldout:.4f} | BN with statistics of {STATS_EXAMPLES} training "
@@ -895,6 +911,10 @@ def main():
                       list(zip(init_plain_layers, init_bn_layers)))
     print_layer_table("Hidden tanh outputs on held-out data after training (BN in inference "
                       "mode):", list(zip(plain_layers, bn_layers)))
+    # Big steps inflate the plain network's weights (RMS 0.35 -> 2.11 in the first layer in our
+    # run), which is what drives its pre-activations into the flat tails of tanh; the BN
+    # network's weights barely grow, and its weight gradients are smaller and closer to one
+    # another from layer to layer.
     print(f"\n{'':9}| weight RMS: {'start':>6} {'plain':>7} {'BN':>7} | gradient RMS over "
           f"training: {'plain':>7} {'BN':>7}")
     for i in range(NUM_HIDDEN_LAYERS):

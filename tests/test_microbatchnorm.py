@@ -234,15 +234,22 @@ def test_fused_training_graph_equals_graph_from_ops_and_is_smaller(monkeypatch):
 def test_whole_network_gradient_matches_finite_differences(use_bn):
     random.seed(1)
     net = bn.build_network(bn.initial_weights(), use_bn=use_bn)
-    params = bn.parameters(net)
     batch = [((0, 0, 5), 13), ((0, 5, 13), 13), ((5, 13, 13), 1), ((3, 9, 1), 0),
              ((0, 0, 0), 20)]
     loss, _ = bn.batch_loss(net, batch)
     loss.backward()
     rng = random.Random(5)
-    # Parameters the loss really uses: embeddings of the letters in the batch, and every
-    # layer's weights, gammas, betas and biases.
-    for p in rng.sample(params, 40):
+    # Parameters from every part of the network the loss uses: the embedding of a letter in
+    # the batch, each hidden layer's weights and its biases (plain) or gammas and betas (BN),
+    # the output layer.
+    chosen = rng.sample(net["embed"][13], 3)
+    for layer in net["layers"]:
+        chosen += rng.sample([p for row in layer["weights"] for p in row], 6)
+        for key in ("biases", "gammas", "betas"):
+            chosen += rng.sample(layer.get(key, []), 3) if key in layer else []
+    chosen += rng.sample([p for row in net["out_weights"] for p in row], 6)
+    chosen += rng.sample(net["out_biases"], 3)
+    for p in chosen:
         analytic, original = p.grad, p.data
         p.data = original + 1e-5
         up = bn.batch_loss(net, batch)[0].data
@@ -250,6 +257,7 @@ def test_whole_network_gradient_matches_finite_differences(use_bn):
         down = bn.batch_loss(net, batch)[0].data
         p.data = original
         assert math.isclose(analytic, (up - down) / 2e-5, rel_tol=1e-4, abs_tol=1e-8)
+    assert sum(abs(p.grad) > 1e-6 for p in chosen) > 0.8 * len(chosen)
 
 
 @pytest.mark.parametrize("use_bn", [False, True])
