@@ -749,7 +749,8 @@ def sample_name(snap, itos, stats):
 #     mean error:     |running_mean - mean| / std         (in units of the feature's spread)
 #     variance error: |running_var - var| / var           (relative)
 # The 2,000 examples are a sample too: their own mean of a first-layer feature is off by about
-# std / sqrt(2000) = 0.022 std, so no estimate can score far below that. For scale main() also
+# std / sqrt(2000) = 0.022 std, so even the exact statistics of all training data would score
+# about 0.018 (0.8 x 0.022, the mean size of such an error) on it, not 0. For scale main() also
 # scores two broken versions: the last batch's statistics alone (what momentum 1.0 would
 # keep; 32 examples instead of an average over many batches) and statistics never updated
 # (0 and 1). The variance criterion (< 0.1) fails both; the mean criterion (< 0.1) fails only
