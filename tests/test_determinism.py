@@ -28,6 +28,8 @@ QUICK_SETTINGS = {
     "micrornn": {"NUM_STEPS": 3, "NUM_EVAL_WINDOWS": 3, "NUM_PROBE_WINDOWS": 2, "NUM_SAMPLES": 3},
     "micromoe": {"NUM_STEPS": 5, "BATCH_SIZE": 8, "EVAL_NAMES": 20, "SAMPLES": 1},
     "microqlora": {"NUM_STEPS": 3, "ADAPT_STEPS": 3, "EVAL_NAMES": 10, "NUM_SAMPLES": 1},
+    "microbatchnorm": {"NUM_STEPS": 3, "HELDOUT_EXAMPLES": 50, "STATS_EXAMPLES": 64,
+                       "NUM_SAMPLES": 1},
 }
 
 
