@@ -30,8 +30,8 @@ def small_net(monkeypatch):
         # Nonzero biases, so that their gradients and the ReLU masks are exercised for real.
         for name in ("b1", "b2", "b3", "b4"):
             params[name] = [[random.gauss(0.0, 0.3) for _ in params[name][0]]]
-        inputs = [[random.gauss(0.0, 1.0), random.gauss(0.0, 1.0)] + md.time_embedding(t)
-                  for t in (1, 9, 17, 33, 50, 71, 88, 100)]
+        inputs = [md.network_input(random.gauss(0.0, 1.0), random.gauss(0.0, 1.0),
+                                   md.time_embedding(t)) for t in (1, 9, 17, 33, 50, 71, 88, 100)]
         targets = [(random.gauss(0.0, 1.0), random.gauss(0.0, 1.0)) for _ in inputs]
     finally:
         random.setstate(state)
@@ -84,10 +84,11 @@ def test_backward_matches_finite_differences_for_every_parameter(small_net):
                     (name, r, c)
                 checked += 1
                 nonzero += abs(numeric) > 1e-4
-    # 6x5 + 5 + 5x4 + 4 + 4x3 + 3 + 3x2 + 2 = 82 entries, 73 of them nonzero with this
-    # seed; the count guards against a vacuous pass where dead ReLUs zero most gradients.
-    assert checked == 82
-    assert nonzero > 60
+    # 14x5 + 5 + 5x4 + 4 + 4x3 + 3 + 3x2 + 2 = 122 entries (14 inputs: x, y, 8 Fourier
+    # features, 4 of t); the count of nonzero ones guards against a vacuous pass where dead
+    # ReLUs zero most gradients.
+    assert checked == 122
+    assert nonzero > 90              # 101 with this seed
 
 
 def test_relu_mask_blocks_the_gradient_of_a_dead_unit(small_net):
@@ -191,7 +192,7 @@ def test_sampling_with_an_oracle_lands_on_the_data_point(monkeypatch):
     embeddings = {tuple(md.time_embedding(t)): t for t in range(1, md.T + 1)}
 
     def oracle(params, u):
-        t = embeddings[tuple(u[2:])]
+        t = embeddings[tuple(u[-md.TIME_EMBED_DIM:])]
         root = math.sqrt(schedule[2][t])
         scale = math.sqrt(1 - schedule[2][t])
         return None, [(u[0] - root * x0[0]) / scale, (u[1] - root * x0[1]) / scale]
@@ -203,6 +204,15 @@ def test_sampling_with_an_oracle_lands_on_the_data_point(monkeypatch):
     assert snapshots[0] == points
     for x, y in points:
         assert (x, y) == pytest.approx(x0, abs=1e-9)
+
+
+def test_network_input_holds_the_coordinates_their_waves_and_the_time_features():
+    u = md.network_input(0.5, -1.0, [7.0, 8.0])
+    assert len(u) == 2 + 4 * len(md.COORD_FREQUENCIES) + 2
+    assert u[:2] == [0.5, -1.0] and u[-2:] == [7.0, 8.0]
+    w = md.COORD_FREQUENCIES[0]
+    assert u[2:6] == pytest.approx([math.sin(w * 0.5), math.cos(w * 0.5),
+                                    math.sin(-w), math.cos(-w)])
 
 
 def test_time_embedding_gives_every_step_a_distinct_bounded_fingerprint():
