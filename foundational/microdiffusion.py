@@ -490,8 +490,8 @@ def main():
     v = {name: [[0.0] * len(row) for row in rows] for name, rows in params.items()}
     heldout_inputs, heldout_targets = noisy_batch(reference, NUM_REFERENCE, schedule,
                                                   embeddings)
-    print(f"\nMLP with {num_params} parameters | untrained held-out loss "
-          f"{heldout_loss(params, heldout_inputs, heldout_targets):.4f} "
+    untrained_loss = heldout_loss(params, heldout_inputs, heldout_targets)
+    print(f"\nMLP with {num_params} parameters | untrained held-out loss {untrained_loss:.4f} "
           f"(answering eps_hat = 0 would score 1.0)\n")
 
     losses = []
@@ -508,6 +508,9 @@ def main():
     print(f"\ntraining loss per step (column = mean of {math.ceil(len(losses) / 60)} steps; "
           f"eps_hat = 0 scores 1.0):")
     print(ascii_chart(losses))
+    trained_loss = heldout_loss(params, heldout_inputs, heldout_targets)
+    print(f"held-out loss (noisy fresh spiral points): trained {trained_loss:.4f} | "
+          f"untrained {untrained_loss:.4f} | eps_hat = 0 scores 1.0")
 
     snapshot_steps = (T, 3 * T // 4, T // 2, T // 4, T // 10, 0)
     samples, snapshots = sample(params, NUM_SAMPLES, schedule, snapshot_steps)
@@ -545,7 +548,8 @@ def main():
             results[prefix + key] = round(value, 6)
     results["alpha_bar_T"] = round(alpha_bar_T, 6)
     results["final_loss"] = round(sum(losses[-LOG_EVERY:]) / len(losses[-LOG_EVERY:]), 6)
-    results["heldout_loss"] = round(heldout_loss(params, heldout_inputs, heldout_targets), 6)
+    results["heldout_loss"] = round(trained_loss, 6)
+    results["untrained_heldout_loss"] = round(untrained_loss, 6)
     results["num_params"] = num_params
     print_criteria(results)
     return results
