@@ -30,6 +30,7 @@ QUICK_SETTINGS = {
     "microqlora": {"NUM_STEPS": 3, "ADAPT_STEPS": 3, "EVAL_NAMES": 10, "NUM_SAMPLES": 1},
     "microbatchnorm": {"NUM_STEPS": 3, "HELDOUT_EXAMPLES": 50, "STATS_EXAMPLES": 64,
                        "NUM_SAMPLES": 1},
+    "microdiffusion": {"NUM_DATA": 100, "NUM_REFERENCE": 100, "NUM_STEPS": 20, "BATCH_SIZE": 8,
 }
 
 
