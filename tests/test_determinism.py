@@ -31,6 +31,7 @@ QUICK_SETTINGS = {
     "microbatchnorm": {"NUM_STEPS": 3, "HELDOUT_EXAMPLES": 50, "STATS_EXAMPLES": 64,
                        "NUM_SAMPLES": 1},
     "microdiffusion": {"NUM_DATA": 100, "NUM_REFERENCE": 100, "NUM_STEPS": 20, "BATCH_SIZE": 8,
+                       "NUM_SAMPLES": 20, "NUM_UNTRAINED_SAMPLES": 10, "LOG_EVERY": 10},
 }
 
 
