@@ -23,6 +23,8 @@ QUICK_SETTINGS = {
                  "NUM_INTERP_PAIRS": 3},
     "microrag": {"NUM_STEPS": 5, "NUM_CITIES": 20, "HIDDEN": 8},
     "microquant": {"NUM_STEPS": 3, "EVAL_NAMES": 8, "CALIB_NAMES": 8, "NUM_SAMPLES": 1},
+    "microreinforce": {"PRETRAIN_STEPS": 20, "NUM_STEPS": 2, "BATCH_SIZE": 4,
+                       "VARIANCE_BATCHES": 3, "EVAL_SAMPLES": 20, "HELDOUT_NAMES": 20},
 }
 
 
