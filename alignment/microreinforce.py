@@ -438,10 +438,11 @@ def reward(length):
 #     E[b * grad log pi(x)] = b * sum_x pi(x) grad log pi(x) = b * sum_x grad pi(x)
 #                           = b * grad (sum_x pi(x)) = b * grad 1 = 0
 # so g_hat_b = (1/N) sum_i (R(x_i) - b) * grad log pi(x_i) has the same expectation: no bias.
-# What changes is the noise. With almost every reward between 0.5 and 1 (the histogram
-# printed below), the estimate without a baseline pushes up every sampled name, and the direction that matters (longer names up, shorter
-# ones down, or the reverse) is a small difference between large pushes. With b near the
-# mean reward, names better than usual are pushed up and worse ones pushed down.
+# What changes is the noise. 96% of the pretrained policy's names score between 0.5 and 1
+# (the histogram printed at the end), so without a baseline every sampled name is pushed
+# up, and the direction that matters (8-letter names up, short ones down) is a small
+# difference between large pushes. With b near the mean reward, names better than usual
+# are pushed up and worse ones pushed down.
 #
 # The surrogate loss. Autograd differentiates a scalar, so we write one whose gradient is
 # -g_hat_b (minus, because the optimiser minimises):
@@ -538,9 +539,19 @@ def measure_baseline_variance(model, params, baseline, end):
 # surrogate loss. The baseline b is an exponential moving average of past batches' mean
 # rewards, updated after the step: the batch it scores never contributes to it, so the
 # estimate stays unbiased. It follows the policy as the rewards improve.
-# Signpost: production RL for language models (PPO and GRPO in TRL, for example) also keeps
-# the policy near the pretrained one with a KL penalty, and samples many sequences at once
-# on GPUs (often with a dedicated inference engine such as vLLM); this loop has neither.
+#
+# Nothing here keeps the policy close to the pretrained one, and the reward cannot tell a
+# name from a string of letters. That is why RL_LR is small: with RL_LR = 0.01 and all else
+# the same, our run reached a mean reward of 0.991 (94% of the names had 8 letters), but
+# the held-out loss per token rose from 2.33 to 3.32, worse than the uniform guess's 3.30:
+# the names no longer looked like names (KL from the pretrained policy: 6.98 nats per name).
+# At 0.005 the run ends by printing the price it does pay, in the same two numbers.
+# The baseline matters for training, not only for the variance measurement: the same run
+# with b = 0 throughout reached a mean reward of 0.810 after RL, against 0.908 with it.
+# Signpost: RLHF with PPO (InstructGPT; TRL's PPOTrainer) subtracts a KL penalty toward the
+# pretrained reference model from the reward, and GRPO as DeepSeekMath introduced it adds a
+# KL term to its loss. Production loops also sample many sequences at once on GPUs (TRL's
+# GRPOTrainer can hand generation to vLLM); this loop samples one name at a time.
 
 
 def train_policy(model, params, baseline, end):
@@ -636,12 +647,15 @@ def ascii_curve(series, width=50, height=8):
 def length_histograms(before, after, bar_width=30):
     """Two bar charts side by side: the share of sampled names of each length."""
     longest = max(before + after)
-    rows = [f"length reward  {'before RL':<{bar_width + 7}}after RL"]
+    shares = [[lengths.count(n) / len(lengths) for n in range(longest + 1)]
+              for lengths in (before, after)]
+    scale = bar_width / max(max(shares[0]), max(shares[1]))   # the longest bar fills the width
+    rows = [f"length reward  {'before RL':<{bar_width + 9}}after RL"]
     for length in range(longest + 1):
-        shares = [lengths.count(length) / len(lengths) for lengths in (before, after)]
-        bars = [("#" * round(share * bar_width * 2)).ljust(bar_width) for share in shares]
-        rows.append(f"{length:6d} {reward(length):6.3f}  {bars[0]} {shares[0]:5.1%}  "
-                    f"{bars[1]} {shares[1]:5.1%}")
+        pair = [shares[0][length], shares[1][length]]
+        bars = [("#" * round(share * scale)).ljust(bar_width) for share in pair]
+        rows.append(f"{length:6d} {reward(length):6.3f}  {bars[0]} {pair[0]:6.1%}  "
+                    f"{bars[1]} {pair[1]:6.1%}")
     return "\n".join(rows)
 
 
