@@ -32,6 +32,8 @@ QUICK_SETTINGS = {
                        "NUM_SAMPLES": 1},
     "microdiffusion": {"NUM_DATA": 100, "NUM_REFERENCE": 100, "NUM_STEPS": 20, "BATCH_SIZE": 8,
                        "NUM_SAMPLES": 20, "NUM_UNTRAINED_SAMPLES": 10, "LOG_EVERY": 10},
+    "microreinforce": {"PRETRAIN_STEPS": 20, "NUM_STEPS": 2, "BATCH_SIZE": 4,
+                       "VARIANCE_BATCHES": 3, "EVAL_SAMPLES": 20, "HELDOUT_NAMES": 20},
 }
 
 
