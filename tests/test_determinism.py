@@ -22,6 +22,8 @@ QUICK_SETTINGS = {
     "microvae": {"NUM_STEPS": 20, "NUM_TRAIN": 100, "NUM_HELD_OUT": 40, "NUM_PRIOR_SAMPLES": 40,
                  "NUM_INTERP_PAIRS": 3},
     "microrag": {"NUM_STEPS": 5, "NUM_CITIES": 20, "HIDDEN": 8},
+    "microdropout": {"NUM_STEPS": 6, "EVAL_EVERY": 2, "BATCH_SIZE": 8, "TRAIN_NAMES": 30,
+                     "VALID_NAMES": 20, "HELDOUT_NAMES": 50, "MASK_SAMPLES": 20},
 }
 
 
