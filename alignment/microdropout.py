@@ -12,10 +12,18 @@ the same mini-batches, so that the only difference between the runs is the regul
     weight decay   AdamW: every weight shrinks a little toward zero at each step
 
 and it watches the plain run with early stopping, the regulariser that costs nothing: keep
-the weights from the evaluation where the held-out loss was lowest, and stop once it has
-not improved for a few evaluations. Every loss the criteria use is measured on 2,000 names
-the runs never trained on, beside a bigram table and an untrained network, so a regulariser
-only passes if it makes the network better at new names, not merely worse at old ones.
+the checkpoint where the validation loss was lowest, and stop once it has not improved for a
+few evaluations. The names come in three disjoint sets: 300 to train on, 500 validation
+names that the curves and early stopping watch, and 2,000 held-out names that no run and no
+choice ever sees until the end. Every criterion is measured on the held-out names, beside a
+bigram table and an untrained network, so a regulariser only passes if it makes the network
+better at new names, not merely worse at old ones.
+
+Signpost: the runs here are in the regime where regularisation matters most, a big model and
+little data seen many times over. Large language-model pretraining is the opposite regime
+(most of the text is seen once or a few times), and it often uses little or no dropout:
+nanoGPT's training script defaults to dropout 0.0 for pretraining, while GPT-2's published
+configuration uses 0.1. Weight decay, on the other hand, is almost everywhere, through AdamW.
 
 Run: python alignment/microdropout.py        (about 20 seconds; standard library only)
 """
@@ -487,9 +495,11 @@ def bigram_loss(train_pairs, grouped, vocab_size):
 # gradient and apply it to the weight directly:
 #     w <- w - lr * lambda * w                         (decoupled decay, the same for all)
 #     w <- w - lr * m_hat / (sqrt(v_hat) + eps)        (Adam step on the loss gradient only)
-# That is what torch.optim.AdamW does (its default weight_decay is 0.01). main() prints the
-# difference on two toy weights. decoupled=False below is the L2-in-Adam form, kept for
-# that comparison.
+# (The paper scales the decay by the learning-rate schedule's multiplier; PyTorch's
+# torch.optim.AdamW multiplies each weight by 1 - lr * weight_decay before the Adam step, as
+# here, and its default weight_decay is 0.01.) Now every decayed weight shrinks by the same
+# fraction per step, whatever its gradient history. main() prints the difference on two toy
+# weights; decoupled=False below is the L2-in-Adam form, kept for that comparison.
 
 
 def adam_step(params, decays, moments, t, weight_decay, decoupled=True):
@@ -564,7 +574,7 @@ def train_run(label, model, params, decays, start_weights, batches, train_pairs,
 
 
 def early_stop(curve, patience):
-    """(step at which training stops, step whose checkpoint is restored)."""
+    """(step at which training stops or None, step whose checkpoint is restored)."""
     best, best_step, waited = float("inf"), curve["step"][0], 0
     for step, loss in zip(curve["step"], curve["valid"]):
         if loss < best:
@@ -573,27 +583,29 @@ def early_stop(curve, patience):
             waited += 1
             if waited == patience:
                 return step, best_step
-    return curve["step"][-1], best_step
+    return None, best_step      # patience never ran out: the run trains to the end
 
 
 # === PICTURES AND MEASUREMENTS ===
+# The curves as text, the graph sizes of the fused and unfused output side, the decay that
+# AdamW and L2-in-Adam give the same two weights, and the hidden layer's average size in the
+# two dropout modes.
 
 
-def ascii_plot(series, steps, height=10):
+def ascii_plot(series, steps, height=12):
     """Several curves on one grid; each (symbol, values) pair is drawn with its symbol."""
     low = min(min(values) for _, values in series)
     high = max(max(values) for _, values in series)
     span = (high - low) or 1.0
-    grid = [[" "] * (2 * len(steps)) for _ in range(height)]
-    for symbol, values in series:
+    width = len(series)      # each curve has its own column per evaluation: none hides another
+    grid = [[" "] * (width * len(steps)) for _ in range(height)]
+    for offset, (symbol, values) in enumerate(series):
         for col, value in enumerate(values):
-            cell = grid[round((high - value) / span * (height - 1))]
-            # two columns per evaluation, so two curves on the same row both stay visible
-            cell[2 * col + (cell[2 * col] != " ")] = symbol
+            grid[round((high - value) / span * (height - 1))][width * col + offset] = symbol
     rows = [f"{high - span * r / (height - 1):6.2f} |{''.join(cells)}"
             for r, cells in enumerate(grid)]
-    rows.append("       +" + "-" * (2 * len(steps)))
-    rows.append(f"        step {steps[0]} to {steps[-1]}, two columns per {steps[0]} steps")
+    rows.append("       +" + "-" * (width * len(steps)))
+    rows.append(f"        step {steps[0]} to {steps[-1]}, {width} columns per {steps[0]} steps")
     return "\n".join(rows)
 
 
@@ -625,11 +637,11 @@ def compare_heads(model, params, batch):
     (fused_time, fused_size, fused_loss, fused_grads), (time_unfused, size_unfused,
                                                         loss_unfused, grads_unfused) = measured
     worst = max(abs(a - b) for a, b in zip(fused_grads, grads_unfused))
-    print(f"One batch, forward + backward: fused head {fused_time * 1000:.0f} ms "
-          f"({fused_size[0]:,} nodes, {fused_size[1]:,} edges); built from dot() and "
-          f"cross_entropy() {time_unfused * 1000:.0f} ms ({size_unfused[0]:,} nodes, "
-          f"{size_unfused[1]:,} edges).\nLosses {fused_loss:.6f} and {loss_unfused:.6f}, "
-          f"largest gradient difference {worst:.1e}\n")
+    print(f"One batch, forward + backward with the fused output node: {fused_time * 1000:.0f} "
+          f"ms, {fused_size[0]:,} nodes, {fused_size[1]:,} edges;\nbuilt from dot(), "
+          f"cross_entropy() and mean(): {time_unfused * 1000:.0f} ms, {size_unfused[0]:,} "
+          f"nodes, {size_unfused[1]:,} edges.\nLosses {fused_loss:.6f} and "
+          f"{loss_unfused:.6f}, largest gradient difference {worst:.1e}\n")
 
 
 def decay_demo():
@@ -648,7 +660,8 @@ def decay_demo():
 def activation_means(weights, grouped, p):
     """Mean |hidden activation| over contexts: eval mode, train mode averaged over masks."""
     # Masks do not depend on the input, so averaging over MASK_SAMPLES masks gives each unit
-    # one factor: (share of masks that kept it) * 1 / (1 - p), which is about 1 when p is.
+    # one factor, (share of masks that kept it) / (1 - p), close to 1 since the share is
+    # close to 1 - p. Without the rescale the factor is the share itself, about 0.7.
     kept_counts = [0] * HIDDEN
     for _ in range(MASK_SAMPLES):
         for j in draw_mask(p):
@@ -679,7 +692,7 @@ CRITERIA = [
      "bigram_heldout_loss"),
     ("held-out loss with weight decay, vs early stopping", "weight_decay_heldout_loss", "<",
      "early_stopped_heldout_loss"),
-    ("early stopping: validation regret", "early_stop_regret", "<", 0.02),
+    ("early stopping: validation regret", "early_stop_regret", "<", 0.01),
     ("held-out loss, early stopped vs plain at the end", "early_stopped_heldout_loss", "<",
      "plain_heldout_loss"),
 ]
@@ -707,16 +720,20 @@ def main():
     stoi = {c: i for i, c in enumerate(chars)}
     boundary, vocab_size = len(chars), len(chars) + 1
     train_names = names[:TRAIN_NAMES]
-    # names.txt repeats a few names; a held-out or validation name that is also a training
-    # name is dropped, so no evaluation name was ever trained on.
+    # names.txt repeats a few names; a validation name that is also a training name, or a
+    # held-out name that is either, is dropped, so the three sets share no name.
     seen = set(train_names)
     valid_names = [n for n in names[TRAIN_NAMES:TRAIN_NAMES + VALID_NAMES] if n not in seen]
+    seen.update(valid_names)
     heldout_names = [n for n in names[-HELDOUT_NAMES:] if n not in seen]
     train_pairs = examples_of(train_names, stoi, boundary)
     eval_sets = {"train": group_by_context(train_pairs),
                  "valid": group_by_context(examples_of(valid_names, stoi, boundary))}
     heldout = group_by_context(examples_of(heldout_names, stoi, boundary))
 
+    # The three runs share these: every run starts from start_weights and replays `batches`
+    # (indices into the training predictions, drawn with replacement). The batches are drawn
+    # up front, so the dropout run's extra random draws (its masks) cannot shift them.
     model, params, decays = init_model(vocab_size)
     start_weights = [p.data for p in params]
     batches = [[random.randrange(len(train_pairs)) for _ in range(BATCH_SIZE)]
@@ -727,10 +744,9 @@ def main():
     bigram = bigram_loss(train_pairs, heldout, vocab_size)
     print(f"{len(train_names)} training names ({len(train_pairs)} predictions), "
           f"{len(valid_names)} validation names, {len(heldout_names)} held-out names "
-          f"({heldout[1]} predictions); {len(params)} parameters")
-    print(f"untrained network: train {untrained_train:.3f}, held-out {untrained_heldout:.3f} "
-          f"(ln 27 = {math.log(27):.3f}); bigram table on the training names: held-out "
-          f"{bigram:.3f}\n")
+          f"({heldout[1]} predictions);\n{len(params)} parameters. Untrained network: train "
+          f"{untrained_train:.3f}, held-out {untrained_heldout:.3f} (ln 27 = {math.log(27):.3f})"
+          f";\nbigram table counted on the training names: held-out {bigram:.3f}\n")
 
     compare_heads(model, params, [train_pairs[i] for i in batches[0]])
 
@@ -750,18 +766,26 @@ def main():
         print(ascii_plot([(symbol, curves[label][part]) for label, symbol in symbols], steps))
 
     # --- early stopping on the plain run ---
+    # The regret is what early stopping loses against an oracle that knew the whole curve.
+    # Restoring matters: the weights at the stopping step have already drifted past the best.
     plain = curves["plain"]
     stopped_at, restored = early_stop(plain, PATIENCE)
+    stopped_at = stopped_at or NUM_STEPS
     restored_valid = plain["valid"][steps.index(restored)]
     lowest = min(plain["valid"])
     regret = restored_valid - lowest
+    stop_valid = plain["valid"][steps.index(stopped_at)]
     print(f"\nEarly stopping (patience {PATIENCE}) on the plain run stops at step {stopped_at}"
-          f" and restores the checkpoint of step {restored} (validation {restored_valid:.3f});"
-          f"\nthe lowest validation loss of the whole run is {lowest:.3f}, at step "
-          f"{steps[plain['valid'].index(lowest)]}. With other patiences it would restore:")
-    print("  " + ", ".join(f"patience {n}: step {early_stop(plain, n)[1]}" for n in range(1, 6)))
+          f" (validation {stop_valid:.3f})\nand restores the checkpoint of step {restored} "
+          f"(validation {restored_valid:.3f}); the lowest validation loss of the\nwhole run is "
+          f"{lowest:.3f}, at step {steps[plain['valid'].index(lowest)]}. Other patiences "
+          f"would restore:")
+    choices = [str(early_stop(plain, patience)[1]) for patience in range(1, 6)]
+    print("  patience 1 to 5: steps " + ", ".join(choices))
 
     # --- the measurements every criterion uses: eval mode, on the held-out names ---
+    # The untrained row is the warning: its gap is 0, because it is equally bad everywhere.
+    # A small gap alone proves nothing; the held-out loss must also go down.
     results = {}
     print(f"\n{'':<16}{'train':>8}{'held-out':>10}{'gap':>8}")
     finals = [(label, checkpoints[NUM_STEPS]) for label, (_, checkpoints) in runs.items()]
@@ -781,13 +805,15 @@ def main():
     # --- train mode and eval mode see the same hidden layer on average ---
     eval_mean, train_mean, unscaled_mean, kept_share = activation_means(
         runs["dropout"][1][NUM_STEPS], eval_sets["valid"], DROPOUT_P)
-    print(f"\nDropout run, mean |hidden activation| over the validation contexts: eval mode "
-          f"{eval_mean:.4f}; train mode averaged over {MASK_SAMPLES} masks {train_mean:.4f} "
-          f"(units kept {kept_share:.3f}); without the 1/(1-p) rescale {unscaled_mean:.4f}")
+    print(f"\nDropout run, mean |hidden activation| over the validation contexts:\n"
+          f"  eval mode (all units, no rescale)            {eval_mean:.4f}\n"
+          f"  train mode, averaged over {MASK_SAMPLES} masks       {train_mean:.4f}"
+          f"   (share of units kept {kept_share:.3f})\n"
+          f"  train mode without the 1/(1 - p) rescale     {unscaled_mean:.4f}")
 
     # --- why AdamW decouples the decay ---
     shrunk = decay_demo()
-    print(f"\nTwo weights starting at 1.0, 100 steps, lambda = {WEIGHT_DECAY}: one with loss "
+    print(f"\nTwo weights from 1.0, 100 steps, lambda = {WEIGHT_DECAY}: one with loss "
           f"gradients of +-10, one with none.\n  AdamW:      {shrunk[True][0]:.3f} and "
           f"{shrunk[True][1]:.3f}\n  L2 in Adam: {shrunk[False][0]:.3f} and "
           f"{shrunk[False][1]:.3f}")
@@ -796,6 +822,7 @@ def main():
         "early_stop_regret": regret,
         "early_stop_step": stopped_at,
         "early_stop_restored_step": restored,
+        "early_stop_regret_without_restore": stop_valid - lowest,
         "bigram_heldout_loss": bigram,
         "activation_eval_mode": eval_mean,
         "activation_train_mode": train_mean,

@@ -271,7 +271,7 @@ def test_early_stop():
     curve = {"step": [20, 40, 60, 80, 100, 120], "valid": [3.0, 2.5, 2.6, 2.4, 2.7, 2.8]}
     assert md.early_stop(curve, 1) == (60, 40)     # gives up at the first rise
     assert md.early_stop(curve, 2) == (120, 80)    # waits past the bump
-    assert md.early_stop(curve, 3) == (120, 80)    # never runs out of patience: the end
+    assert md.early_stop(curve, 3) == (None, 80)   # never runs out of patience
 
 
 def test_bigram_loss_by_hand():
