@@ -39,10 +39,11 @@ import time
 import urllib.request
 
 # === HYPERPARAMETERS ===
-CONTEXT = 3          # the model sees the previous 3 characters (makemore's MLP setting)
+CONTEXT = 3          # the model sees the previous 3 characters
 HIDDEN = 64          # one wide tanh layer
 W1_STD, W2_STD = 0.5, 0.01   # initial weight scales (see the MODEL section)
-TRAIN_NAMES = 300    # deliberately small: a big data set is itself the best regulariser
+TRAIN_NAMES = 300    # deliberately small, so that memorising it is easy
+VALID_NAMES = 500    # watched during training: the curves and early stopping use these
 HELDOUT_NAMES = 2000  # never trained on, never used to choose anything: the criteria
 NUM_STEPS = 300      # Adam steps per run; the plain run overfits from about step 100 on
 BATCH_SIZE = 32      # predictions (context -> next character) per step
@@ -50,10 +51,9 @@ LEARNING_RATE = 0.01
 BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8   # PyTorch's Adam and AdamW defaults
 DROPOUT_P = 0.3      # probability that a hidden unit is switched off for one example
 WEIGHT_DECAY = 0.5   # AdamW's lambda: each step multiplies a weight by 1 - lr * lambda = 0.995
-EVAL_EVERY = 20      # steps between two held-out evaluations
+EVAL_EVERY = 20      # steps between two evaluations (training and validation loss)
 PATIENCE = 3         # early stopping gives up after this many evaluations without a new best
 MASK_SAMPLES = 2000  # dropout masks averaged to show that train mode matches eval mode on average
-VALID_NAMES = 500    # watched during training: the curves and early stopping use these
 
 # === DATA ===
 # Every no-magic script shares one download cache, so names.txt is fetched once.
@@ -119,9 +119,10 @@ def load_names():
     with open(ensure_dataset(), encoding="utf-8") as f:
         return [line.strip() for line in f if line.strip()]
 
+
 # === TOKENIZER AND EXAMPLES ===
-# Characters are tokens: the 26 letters, plus one boundary token BOUNDARY that pads the
-# context before a name starts and is also the target after its last letter (so the model
+# Characters are tokens: the 26 letters, plus one boundary token (written . below) that pads
+# the context before a name starts and is also the target after its last letter (so the model
 # learns where names end). Each name of n letters gives n + 1 examples, each a pair
 # (the previous CONTEXT tokens, the next token): "ava" gives
 #     (. . .) -> a    (. . a) -> v    (. a v) -> a    (a v a) -> .
@@ -253,9 +254,13 @@ class Value:
 # --- AUTOGRAD DIFFERENCES IN THIS SCRIPT ---
 # This Value class follows the canonical interface (docs/autograd-interface.md) exactly.
 # On top of it this script adds the fused nodes below, as plain functions:
-# - dot(): a whole dot product (one neuron of a linear layer, bias included) as one node
+# - hidden_unit(): scale * tanh(sum of its inputs), one hidden unit as one node
+# - head_loss(): output layer, softmax cross-entropy and the mean over a batch, one node
+# - dot(): a whole dot product as one node (naive_dot is its unfused form)
 # - cross_entropy(): log-softmax plus negative log-likelihood as one node
 # - mean(): the mean of a batch's losses as one node
+# Training uses the first two; head_loss_unfused() builds the same loss from the last three,
+# and the tests check every fused node against its unfused form.
 # See docs/autograd-interface.md for the full canonical interface.
 
 # === FUSED NODES ===
@@ -313,9 +318,12 @@ def hidden_unit(inputs, scale=1.0):
 #     dL/dW2[i][j] = sum_b d_bi h_bj,   dL/db2_i = sum_b d_bi,   dL/dh_bj = sum_i d_bi W2[i][j]
 # All of these are known once the forward pass is done, so they are this node's local
 # derivatives. Built from dot(), cross_entropy() and mean() instead (head_loss_unfused, the
-# same numbers), each example adds 27 dot nodes with 130 edges each; fused, a weight is one
-# edge per batch, not one per example, and the arithmetic runs on plain floats. main()
-# prints what that buys on one batch.
+# same numbers), each example adds 27 dot nodes with up to 130 edges each; fused, a weight is
+# one edge per batch, not one per example, and the arithmetic runs on plain floats. main()
+# prints what that buys on the first batch: 11,995 edges instead of 121,408 in our run.
+# Signpost: this is how tensor libraries work anyway. PyTorch's autograd records one node per
+# tensor operation, so a linear layer over a whole batch is one node, and its cross_entropy
+# is log_softmax and nll_loss combined.
 
 
 def head_loss(w2, batch_hidden, targets):
@@ -389,8 +397,8 @@ def init_model(vocab_size):
     weights = [p for table in model["w1"] for row in table for p in row]
     weights += [p for row in model["w2"] for p in row[:-1]]
     biases = model["b1"] + [row[-1] for row in model["w2"]]
-    # Weight decay shrinks the weights, not the biases: a bias only shifts a unit and is not
-    # what lets a network memorise. (nanoGPT makes the same split: its weight matrices and
+    # Weight decay shrinks the weights, not the biases: a bias only shifts a unit, and pulling
+    # it toward zero buys little. (nanoGPT makes the same split: its weight matrices and
     # embeddings decay, its biases and norm gains do not.)
     return model, weights + biases, [True] * len(weights) + [False] * len(biases)
 
@@ -400,7 +408,7 @@ def init_model(vocab_size):
 # with probability p. No unit can then rely on a particular partner being present, so the
 # network cannot build fragile, co-adapted combinations of units that fit single examples;
 # every example trains a different thinned network, and the full network used at evaluation
-# acts as an average of all of them.
+# behaves roughly like an average of all of them.
 # Inverted dropout: the surviving units are multiplied by 1 / (1 - p) during training. A unit
 # is kept with probability 1 - p, so its expected output is (1 - p) * h / (1 - p) = h: on
 # average the next layer sees the same input in train mode as in eval mode, so evaluation
