@@ -34,6 +34,8 @@ QUICK_SETTINGS = {
                        "NUM_SAMPLES": 20, "NUM_UNTRAINED_SAMPLES": 10, "LOG_EVERY": 10},
     "microreinforce": {"PRETRAIN_STEPS": 20, "NUM_STEPS": 2, "BATCH_SIZE": 4,
                        "VARIANCE_BATCHES": 3, "EVAL_SAMPLES": 20, "HELDOUT_NAMES": 20},
+    "microdropout": {"NUM_STEPS": 6, "EVAL_EVERY": 2, "BATCH_SIZE": 8, "TRAIN_NAMES": 30,
+                     "VALID_NAMES": 20, "HELDOUT_NAMES": 50, "MASK_SAMPLES": 20},
 }
 
 
