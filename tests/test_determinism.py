@@ -18,6 +18,8 @@ QUICK_SETTINGS = {
     "microattention": {"SEQ_LEN": 6, "SPREAD_SWEEP": (0.2,)},
     "microflash": {"CHECK_LENGTHS": (20, 13), "CHECK_BLOCKS": (8, 5), "MEMORY_LENGTHS": (8, 16),
                    "BLOCK_SIZE": 4, "SWEEP_BLOCKS": (4,), "TRACE_ROW": 5},
+    "microlora": {"NUM_STEPS": 3, "ADAPT_STEPS": 2, "HELDOUT_NAMES": 12, "MERGE_CHECK_NAMES": 2,
+                  "NUM_SAMPLES": 2, "SWEEP_RANKS": (1, 2)},
 }
 
 
