@@ -862,6 +862,11 @@ def main():
               f"{a[0]:6.3f} {a[1]:6.3f} {a[2]:6.3f}   {base_b[0] - b[0]:7.4f} "
               f"{a[0] - base_a[0]:8.4f} {ratio(a[0] - base_a[0], base_b[0] - b[0]):>6} "
               f"{ms:8.1f}")
+    # Reading the default run's table: the B gain grows with the rank (0.470 at rank 1 to
+    # 0.536 at rank 8) while the forgetting stays near 0.38, and full fine-tuning at its
+    # best rate gains most (0.572) and forgets most (0.490). At lr 0.001 full fine-tuning
+    # matches LoRA's gain (0.514) and forgets 0.207: at equal learning, the low rank did not
+    # protect A here. In every row most of the A increase comes from the first letter.
     # What training has to hold beyond the weights themselves: a gradient and Adam's two
     # moments for every trainable number. And what each new task adds to storage.
     lora_count = len(adapter_parameters(main_run["adapters"]))
@@ -884,7 +889,8 @@ def main():
     for label, model in (("base", frozen), (f"LoRA rank {LORA_RANK}, merged", main_run["merged"]),
                          ("full fine-tuning", full_model)):
         samples = [sample_name(model, bos, itos) for _ in range(NUM_SAMPLES)]
-        print(f"\nSamples from the {label} model:\n  " + " ".join(samples))
+        # An empty name (BOS drawn first) is shown as "-"
+        print(f"\nSamples from the {label} model:\n  " + " ".join(s or "-" for s in samples))
 
     trainable = lora_count
     results = {

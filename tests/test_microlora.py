@@ -302,3 +302,15 @@ def test_first_letter_probabilities_match_the_softmax_after_bos():
     probs = lora.first_letter_probs(frozen, BOS)
     full = lora.softmax(lora.gpt_step(frozen, {}, BOS, 0, [[]], [[]]))
     assert len(probs) == 26 and probs == full[:26]
+
+
+def test_learning_rate_search_runs_and_prints_both_methods(monkeypatch, capsys, tmp_path):
+    quick = {"NUM_STEPS": 2, "ADAPT_STEPS": 2, "HELDOUT_NAMES": 8, "MERGE_CHECK_NAMES": 1,
+             "NUM_SAMPLES": 1, "SWEEP_RANKS": (2,), "LR_GRID": (0.01,)}
+    for name, value in quick.items():
+        monkeypatch.setattr(lora, name, value)
+    monkeypatch.chdir(tmp_path)
+    results = lora.main()
+    out = capsys.readouterr().out
+    assert "Learning-rate search" in out and "lr 0.01 " in out
+    assert results["adapter_start_error"] == 0.0
