@@ -291,6 +291,8 @@ class Value:
 # - softmax(): each output probability as one node over all the logits
 # - cross_entropy(): log-softmax plus negative log-likelihood as one node
 # - rms_scale(): the 1/RMS factor of RMSNorm as one node
+# - lora_add(): the adapter's output added to the frozen output, W0x + (alpha / r) * u,
+#   as one node
 # - a fused mean in name_loss(): the mean of a name's per-position losses as one node
 # Each of them also accepts plain floats and then returns plain floats (no graph at all).
 
@@ -341,8 +343,22 @@ def any_dot(a, b):
 
 
 def linear(inputs, weight_rows):
-    # y = W x: one dot product per output (no bias, as in microgpt)
+    # y = W x: one dot product per output (no bias, as in microgpt). All-float layers (all
+    # of evaluation and sampling) skip the per-row type check.
+    if not isinstance(inputs[0], Value) and not isinstance(weight_rows[0][0], Value):
+        return [sum(map(operator.mul, row, inputs)) for row in weight_rows]
     return [any_dot(row, inputs) for row in weight_rows]
+
+
+def lora_add(frozen_out, low_rank, scale):
+    # h = W0x + scale * u as one node: dh/du = scale, dh/d(W0x) = 1 (W0x is a child only
+    # when it is a Value, i.e. when the layer's input depends on a trainable weight)
+    if not isinstance(low_rank, Value):
+        return frozen_out + scale * low_rank
+    if isinstance(frozen_out, Value):
+        return Value(frozen_out.data + scale * low_rank.data, (frozen_out, low_rank),
+                     (1.0, scale))
+    return Value(frozen_out + scale * low_rank.data, (low_rank,), (scale,))
 
 
 def shifted_exps(numbers):
@@ -484,7 +500,7 @@ def adapted_linear(x, model, name, adapters):
         return out
     down, up, scale = adapters[name]
     low_rank = linear(linear(x, down), up)
-    return [o + scale * u for o, u in zip(out, low_rank)]
+    return [lora_add(o, u, scale) for o, u in zip(out, low_rank)]
 
 
 def merge(frozen, adapters):

@@ -88,6 +88,23 @@ def test_any_dot_gives_the_same_number_for_every_mix_of_floats_and_values():
     assert isinstance(lora.any_dot(a, b), float)
 
 
+def test_fused_lora_add_equals_naive_add_for_frozen_and_trainable_inputs():
+    for frozen_is_value in (False, True):
+        u1, u2 = Value(0.7), Value(0.7)
+        o1 = Value(-1.3) if frozen_is_value else -1.3
+        o2 = Value(-1.3) if frozen_is_value else -1.3
+        fused = lora.lora_add(o1, u1, 0.5)
+        naive = o2 + 0.5 * u2
+        (fused * 2.0).backward()
+        (naive * 2.0).backward()
+        assert fused.data == naive.data
+        assert u1.grad == u2.grad == 1.0
+        if frozen_is_value:
+            assert o1.grad == o2.grad == 2.0
+        assert len(fused._children) == (2 if frozen_is_value else 1)
+    assert lora.lora_add(1.0, 2.0, 0.25) == 1.5
+
+
 def test_fused_softmax_equals_naive_and_float_softmax():
     rng = random.Random(4)
     raw = [rng.gauss(0, 2) for _ in range(6)]
