@@ -1,9 +1,10 @@
 """microlora: adapt a trained GPT to new data by training 3% of its weights (low-rank adaptation).
 
-Fine-tuning usually updates every weight of a model. Each weight then needs a gradient and two
-Adam moments (three more copies of the model in memory), and every new task stores a whole new
-copy of the model. LoRA (Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large Language
-Models") freezes the trained matrix W0 and learns only a low-rank correction beside it:
+Fine-tuning in its plain form updates every weight of a model. Each weight then needs a
+gradient and two Adam moments (three more copies of the model in memory), and every new task
+stores a whole new copy of the model. LoRA (Hu et al., 2021, "LoRA: Low-Rank Adaptation of
+Large Language Models") freezes the trained matrix W0 and learns only a low-rank correction
+beside it:
 
     h = W0 x + (alpha / r) * B (A x)      A: r x k (projects down), B: d x r (projects up)
 
@@ -25,9 +26,9 @@ per token (a gain of 0.515) and raise the A loss by 0.384. Full fine-tuning of a
 weights, at the rate that suits it best, gains more (0.572) and forgets more (0.490): the
 trade in the title of Biderman et al. (2024), "LoRA Learns Less and Forgets Less". The run
 also shows where that stops: full fine-tuning at a smaller rate, gaining what LoRA gains
-(0.514), forgets only 0.207. Here LoRA forgets less because it learns less, not because the
-low rank shields what the base knew. Most forgetting is the first letter, which any model
-that learns B must move away from a-m.
+(0.514), forgets only 0.207. So here LoRA's smaller forgetting comes with learning less: at
+equal learning, the low rank did not shield what the base knew. Most forgetting is the first
+letter, which any model that learns B must move away from a-m.
 
 Run: python alignment/microlora.py        (about 40 seconds; standard library only)
 """
@@ -178,6 +179,7 @@ def hold_out(names, count):
     seen = set(train)
     return train, [n for n in names[-count:] if n not in seen]
 
+
 # === AUTOGRAD: THE VALUE CLASS ===
 # A Value wraps one float. Every operation creates a new Value that records its inputs
 # (`_children`) and the local derivative of its output with respect to each input
@@ -294,7 +296,8 @@ class Value:
 # - lora_add(): the adapter's output added to the frozen output, W0x + (alpha / r) * u,
 #   as one node
 # - a fused mean in name_loss(): the mean of a name's per-position losses as one node
-# Each of them also accepts plain floats and then returns plain floats (no graph at all).
+# linear(), softmax(), cross_entropy(), rmsnorm(), lora_add() and name_loss() also accept
+# plain floats and then return plain floats (no graph at all).
 
 # === FUSED NODES, AND FROZEN WEIGHTS AS PLAIN FLOATS ===
 # A dot product built from + and * costs 2n - 1 nodes; one fused node with the known local
