@@ -61,6 +61,7 @@ RM_LR = 0.01
 NUM_STEPS = 30                 # PPO steps per run (each: sample, score, update)
 BATCH_SIZE = 8                 # names sampled per PPO step
 PPO_EPOCHS = 3                 # optimisation passes over each batch
+CLIP_DEMO_EPOCHS = 10          # epochs on one batch to show what the clip holds back
 PPO_LR = 0.003
 CLIP_EPS = 0.2                 # the ratio may move 20% away from 1 before the clip stops it
 KL_COEF = 0.05                 # the main run's KL penalty
@@ -538,9 +539,11 @@ def bradley_terry_loss_and_grads(rm, pairs):
         r_c, cache_c = reward_forward(rm, chosen)
         r_r, cache_r = reward_forward(rm, rejected)
         margin = r_c - r_r
-        # -log sigmoid(m) = log(1 + exp(-m)), written so that neither branch overflows
-        total += math.log1p(math.exp(-margin)) if margin > -30 else -margin
-        dl_dm = -1.0 / (1.0 + math.exp(margin)) if margin > -30 else -1.0  # sigmoid(m) - 1
+        # L = -log sigmoid(m) = log(1 + e^-m), and dL/dm = sigmoid(m) - 1 = -1 / (1 + e^m).
+        # Each is written with e = exp(-|m|) <= 1, so no exp() can overflow at any margin.
+        e = math.exp(-abs(margin))
+        total += math.log1p(e) + max(0.0, -margin)
+        dl_dm = -e / (1.0 + e) if margin >= 0 else -1.0 / (1.0 + e)
         add_reward_gradient(rm, grads, cache_c, dl_dm / len(pairs))      # dm/dr_c = +1
         add_reward_gradient(rm, grads, cache_r, -dl_dm / len(pairs))     # dm/dr_r = -1
     return total / len(pairs), grads
@@ -698,13 +701,17 @@ def gae(rewards, values, gamma, lam):
 # a pessimistic version of the same objective. While ratio_t is inside [1 - eps, 1 + eps] the
 # two terms agree; once a good action (A > 0) has been made eps more likely, or a bad one
 # (A < 0) eps less likely, the clipped term is the smaller one, and its gradient is 0 (clip()
-# has slope 0 outside the band). So further epochs on the same batch cannot push that token
-# further: that is what makes several epochs per batch safe. (A move in the wrong direction is
-# never clipped: the min keeps the unclipped term, and the gradient pulls it back.)
+# has slope 0 outside the band). That token then stops asking for more: further epochs on the
+# same batch get no gradient from it, which is what makes several epochs per batch safe. (A
+# move in the wrong direction is never clipped: the min keeps the unclipped term, and its
+# gradient pulls the ratio back.) The clip is not a hard wall: the weights are shared, so the
+# other tokens' gradients, and Adam's momentum, can still carry a clipped token's ratio past
+# 1 + eps. THE CLIP AT WORK below measures how much it holds back.
 # The loss to minimise is the negated mean over every action in the batch.
 
 
-def surrogate_loss(model, batch, advantages):
+def surrogate_loss(model, batch, advantages, clip_eps=None):
+    clip_eps = CLIP_EPS if clip_eps is None else clip_eps
     terms, clipped = [], 0
     for sample, advs in zip(batch, advantages):
         tokens = sample["tokens"]
@@ -712,9 +719,9 @@ def surrogate_loss(model, batch, advantages):
         for z, action, old_logp, a in zip(logits, tokens[2:], sample["old_logps"], advs):
             ratio = (-cross_entropy(z, action) - old_logp).exp()   # pi_theta / pi_old
             unclipped = ratio * a
-            clipped_term = ratio.clip(1.0 - CLIP_EPS, 1.0 + CLIP_EPS) * a
+            clipped_term = ratio.clip(1.0 - clip_eps, 1.0 + clip_eps) * a
             terms.append(unclipped if unclipped.data <= clipped_term.data else clipped_term)
-            clipped += not (1.0 - CLIP_EPS <= ratio.data <= 1.0 + CLIP_EPS)
+            clipped += not (1.0 - clip_eps <= ratio.data <= 1.0 + clip_eps)
     return -mean(terms), clipped / len(terms)
 
 
@@ -730,8 +737,8 @@ def surrogate_loss(model, batch, advantages):
 # last one; with gamma = 1 the return from the first token is the same sum.
 
 
-def ppo_step(model, params, adam, head, reference, rm, names, kl_coef):
-    policy = frozen(model)
+def collect_batch(policy, head, reference, rm, names, kl_coef):
+    """Sample BATCH_SIZE names, score them, and give every action its advantage."""
     batch = [rollout(policy, reference, random.choice(names)[0]) for _ in range(BATCH_SIZE)]
     scores, kls, advantages, states, returns = [], [], [], [], []
     for sample in batch:
@@ -750,10 +757,17 @@ def ppo_step(model, params, adam, head, reference, rm, names, kl_coef):
     # Whitening: advantages rescaled to mean 0 and standard deviation 1 over the batch, so the
     # step size does not depend on the reward model's scale (TRL whitens them too).
     every = [a for advs in advantages for a in advs]
-    mu = sum(every) / len(every)
-    sd = math.sqrt(sum((a - mu) ** 2 for a in every) / len(every)) + 1e-8
+    mu = avg(every)
+    sd = math.sqrt(avg([(a - mu) ** 2 for a in every])) + 1e-8
     advantages = [[(a - mu) / sd for a in advs] for advs in advantages]
+    return {"batch": batch, "advantages": advantages, "states": states, "returns": returns,
+            "scores": scores, "kls": kls}
 
+
+def ppo_step(model, params, adam, head, reference, rm, names, kl_coef):
+    collected = collect_batch(frozen(model), head, reference, rm, names, kl_coef)
+    batch, advantages = collected["batch"], collected["advantages"]
+    states, returns, scores, kls = (collected[k] for k in ("states", "returns", "scores", "kls"))
     epoch_losses, clip_fractions = [], []
     for epoch in range(PPO_EPOCHS):
         loss, clip_fraction = surrogate_loss(model, batch, advantages)
@@ -792,6 +806,44 @@ def run_ppo(pretrained, reference, rm, names, kl_coef, start):
     return frozen(model), history
 
 
+# === THE CLIP AT WORK ===
+# The claim above, measured: one batch from the pretrained policy, optimised for
+# CLIP_DEMO_EPOCHS epochs instead of PPO_EPOCHS, once with the clip and once without it
+# (eps so large that nothing is ever clipped). Afterwards we look at how far the policy has
+# moved from the one that sampled the batch: the largest ratio pi_new / pi_old over the
+# batch's actions, and KL(pi_old || pi_new) summed over each name's positions, computed
+# exactly over all 27 next tokens at every prefix in the batch (mean over the names).
+
+
+def clip_demo(pretrained, rm, names):
+    head = {"w": [0.0] * (MAX_LETTERS + 2 * len(LETTERS)), "b": 0.0}
+    collected = collect_batch(pretrained, head, pretrained, rm, names, KL_COEF)
+    batch, advantages = collected["batch"], collected["advantages"]
+    moved = {}
+    for label, eps in (("with the clip", CLIP_EPS), ("without it", 1e9)):
+        model = {k: [[Value(x) for x in row] for row in mat] for k, mat in pretrained.items()}
+        params, adam = parameters(model), adam_state(len(parameters(model)))
+        for _ in range(CLIP_DEMO_EPOCHS):
+            loss, _ = surrogate_loss(model, batch, advantages, eps)
+            loss.backward()
+            adam_step(params, adam, PPO_LR)
+        new = frozen(model)
+        log_ratios, kls = [], []
+        for sample in batch:
+            tokens = sample["tokens"]
+            kl = 0.0
+            for z_old, z_new, a in zip(token_logits(pretrained, tokens[:-1])[1:],
+                                       token_logits(new, tokens[:-1])[1:], tokens[2:]):
+                old_lp, new_lp = log_softmax_floats(z_old), log_softmax_floats(z_new)
+                log_ratios.append(new_lp[a] - old_lp[a])
+                kl += sum(math.exp(o) * (o - n) for o, n in zip(old_lp, new_lp))
+            kls.append(kl)
+        moved[label] = (math.exp(max(log_ratios)), avg(kls))
+        print(f"{CLIP_DEMO_EPOCHS} epochs on one batch, {label:<13}: largest ratio "
+              f"{moved[label][0]:.3f}, KL(pi_old || pi_new) per name {moved[label][1]:.4f}")
+    return moved
+
+
 def avg(xs):
     return sum(xs) / len(xs)
 
@@ -803,13 +855,15 @@ def avg(xs):
 
 
 def evaluate(policy, reference, rm, names):
-    samples = [rollout(policy, reference, random.choice(names)[0]) for _ in range(NUM_EVAL_SAMPLES)]
+    samples = [rollout(policy, reference, random.choice(names)[0])
+               for _ in range(NUM_EVAL_SAMPLES)]
+    scores = [reward_forward(rm, s["name"])[0] for s in samples]
     return {"long_share": avg([len(s["name"]) > 6 for s in samples]),
-            "reward": avg([reward_forward(rm, s["name"])[0] for s in samples]),
-            "kl": avg([sum(o - r for o, r in zip(s["old_logps"], s["ref_logps"])) for s in samples]),
+            "reward": avg(scores), "scores": scores,
+            "kl": avg([sum(o - r for o, r in zip(s["old_logps"], s["ref_logps"]))
+                       for s in samples]),
             "mean_length": avg([len(s["name"]) for s in samples]),
-            "names": [s["name"] for s in samples],
-            "scores": [reward_forward(rm, s["name"])[0] for s in samples]}
+            "names": [s["name"] for s in samples]}
 
 
 def normalise_reward(rm, scores):
@@ -856,6 +910,8 @@ CRITERIA = [
     ("surrogate loss, first epoch - last, mean/update", "surrogate_improvement", ">", 0.0),
     ("KL per name, last steps vs first steps", "kl_final", ">", "kl_early"),
     ("final KL, 10x KL coefficient vs main run", "kl_final_high_coef", "<", "kl_final"),
+    ("KL moved by 10 epochs on one batch, clip vs none", "demo_kl_clipped", "<",
+     "demo_kl_unclipped"),
 ]
 COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
            "==": operator.eq}
@@ -910,6 +966,8 @@ def main():
     normalise_reward(rm, before["scores"])
     before["scores"] = [reward_forward(rm, n)[0] for n in before["names"]]
     before["reward"] = avg(before["scores"])
+    print()
+    moved = clip_demo(pretrained, rm, names)
     rng_state = random.getstate()
     tuned, history = run_ppo(pretrained, pretrained, rm, names, KL_COEF, start)
     random.setstate(rng_state)   # the same prompts and draws for the comparison run
@@ -960,6 +1018,10 @@ def main():
         "eval_kl_after_high_coef": after_high["kl"],
         "clip_fraction": avg(history["clip_fraction"]),
         "final_pretrain_loss": avg(pretrain_losses[-100:]),
+        "demo_max_ratio_clipped": moved["with the clip"][0],
+        "demo_max_ratio_unclipped": moved["without it"][0],
+        "demo_kl_clipped": moved["with the clip"][1],
+        "demo_kl_unclipped": moved["without it"][1],
     }
     print_criteria(results)
     return results
