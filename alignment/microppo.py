@@ -67,11 +67,11 @@ CLIP_EPS = 0.2                 # the ratio may move 20% away from 1 before the c
 KL_COEF = 0.05                 # the main run's KL penalty
 KL_COEF_HIGH = 0.5             # the comparison run's, ten times stronger
 GAMMA = 1.0                    # no discounting: a name is short and only its end is scored
-LAMBDA = 0.95                  # GAE's bias-variance dial (see ADVANTAGES)
+LAMBDA = 0.95                  # GAE's bias-variance dial (TRL's PPO defaults: 1.0 and 0.95)
 VALUE_LR = 0.05
 VALUE_EPOCHS = 4
 KL_WINDOW = 5                  # kl_early / kl_final average the first / last 5 PPO steps
-NUM_EVAL_SAMPLES = 300         # names sampled to measure each policy
+NUM_EVAL_SAMPLES = 200         # names sampled to measure each policy
 LOG_EVERY = 5
 # === DATA ===
 # Every no-magic script shares one download cache, so names.txt is fetched once.
@@ -435,7 +435,11 @@ def adam_state(n):
 
 # === STAGE 1: PRETRAINING ===
 # Plain next-character training, one name per step. This is the "base model" that RLHF starts
-# from, and after it the frozen reference that PPO's KL penalty measures distance to.
+# from, and after it the frozen reference that PPO's KL penalty measures distance to. 800
+# names bring the loss from ln 27 = 3.30 to about 2.42 per character; the samples are
+# name-like, not good names, which is enough: what matters below is how PPO moves them.
+# Signpost: InstructGPT first fine-tunes the pretrained model on human demonstrations
+# (supervised fine-tuning) and runs RLHF from that; here pretraining stands in for both.
 
 
 def pretrain(model, names, start):
@@ -449,7 +453,7 @@ def pretrain(model, names, start):
         loss.backward()
         adam_step(params, state, PRETRAIN_LR * (1.0 - step / PRETRAIN_STEPS))
         losses.append(loss.data)
-        if (step + 1) % (PRETRAIN_STEPS // 4) == 0:
+        if (step + 1) % max(1, PRETRAIN_STEPS // 4) == 0:
             recent = losses[-100:]
             print(f"pretrain {step + 1:5d}/{PRETRAIN_STEPS} | loss {sum(recent) / len(recent):.4f}"
                   f" | {time.time() - start:.1f}s")
@@ -580,6 +584,13 @@ def train_reward_model(rm, train_pairs, start):
     return losses
 
 
+# In our run the reward model orders all 200 held-out pairs correctly (1.000), and its raw
+# score climbs with length: -8.06 for a 2-letter name, 2.06 at 6 letters, 10.13 at 10. Its
+# task is easy on purpose: letter counts add up to the length. The same network untrained,
+# with random output weights, orders about half of them: the run prints its score, and over
+# eight random initialisations we measured 0.375 to 0.59 (and 0.61 for a ninth).
+
+
 def pair_accuracy(rm, pairs):
     return sum(reward_forward(rm, c)[0] > reward_forward(rm, r)[0] for c, r in pairs) / len(pairs)
 
@@ -592,8 +603,8 @@ def pair_accuracy(rm, pairs):
 # policy, and the frozen reference runs alongside on the same tokens. We keep, per action,
 #     old_logp_t = log pi_old(a_t | s_t)   (the policy that sampled, fixed for this batch)
 #     ref_logp_t = log pi_ref(a_t | s_t)   (the pretrained model, fixed for the whole run)
-# Signpost: production RLHF samples whole batches of completions in parallel on GPUs
-# (TRL's PPO trainer calls the model's batched generate()); here it is one token at a time.
+# Signpost: production RLHF samples whole batches of completions at once, vectorised on
+# GPUs; here each name is drawn one token at a time in plain Python.
 
 
 def rollout(policy, reference, first_letter):
@@ -735,6 +746,10 @@ def surrogate_loss(model, batch, advantages, clip_eps=None):
 # Signpost: InstructGPT-style RLHF (and TRL's PPO trainer) subtract the penalty per token,
 # -beta * (log pi - log pi_ref) at every position, with the reward model's score added at the
 # last one; with gamma = 1 the return from the first token is the same sum.
+# What the penalty buys, in our run: with KL_COEF = 0.05 the policy ends 3.3 nats per name
+# from the reference, 98% of its names are longer than 6 letters (mean length 7.93 of at
+# most 8) and many repeat the same few syllables ("nanninen", "andenand"); with 0.5 it ends
+# 0.97 nats away, with 84.5% long names and a mean length of 7.33. Both started at 30%.
 
 
 def collect_batch(policy, head, reference, rm, names, kl_coef):
@@ -815,6 +830,11 @@ def run_ppo(pretrained, reference, rm, names, kl_coef, start):
 # exactly over all 27 next tokens at every prefix in the batch (mean over the names).
 
 
+# In our run: largest ratio 1.980 with the clip against 3.701 without, KL 0.226 against 0.534
+# per name. The clip held the drift to less than half, and it did not stop it (1.980 is well
+# past 1 + eps = 1.2), which is why PPO also keeps the epochs per batch few (3 here).
+
+
 def clip_demo(pretrained, rm, names):
     head = {"w": [0.0] * (MAX_LETTERS + 2 * len(LETTERS)), "b": 0.0}
     collected = collect_batch(pretrained, head, pretrained, rm, names, KL_COEF)
@@ -847,6 +867,16 @@ def clip_demo(pretrained, rm, names):
 def avg(xs):
     return sum(xs) / len(xs)
 
+
+# === PPO OR DPO? ===
+# DPO (planned: alignment/microdpo.py) optimises the same KL-regularised objective straight
+# from the preference pairs: no reward model, no value head, no sampling inside the loop. PPO
+# needs four models here (policy, reference, reward model, value head) and more dials (clip,
+# lambda, two learning rates). What it buys is a reward that can score names nobody labelled:
+# every name the policy samples is scored, including the 8-letter names it learns to write,
+# so the feedback follows the policy wherever it moves. When the reward is a program rather
+# than a set of pairs (a checker, a test suite) there is nothing for DPO to fit, and an RL
+# loop like this one uses the program directly (GRPO is planned as alignment/microgrpo.py).
 
 # === EVALUATION ===
 # A policy is measured on NUM_EVAL_SAMPLES fresh names (prompts drawn as in training): the
@@ -905,8 +935,8 @@ def show_names(title, names):
 # === SUCCESS CRITERIA ===
 # (what was measured, key in main()'s result, comparison, threshold or another key)
 CRITERIA = [
-    ("reward model: held-out pairs ordered correctly", "reward_model_accuracy", ">", 0.7),
-    ("share of names > 6 letters, after PPO - before", "preferred_share_gain", ">", 0.15),
+    ("reward model: held-out pairs ordered correctly", "reward_model_accuracy", ">", 0.95),
+    ("share of names > 6 letters, after PPO - before", "preferred_share_gain", ">", 0.4),
     ("surrogate loss, first epoch - last, mean/update", "surrogate_improvement", ">", 0.0),
     ("KL per name, last steps vs first steps", "kl_final", ">", "kl_early"),
     ("final KL, 10x KL coefficient vs main run", "kl_final_high_coef", "<", "kl_final"),
@@ -957,7 +987,15 @@ def main():
     for name in names:
         if len(name) not in by_length:
             by_length[len(name)] = reward_forward(rm, name)[0]
-    print(f"held-out pairs ordered correctly: {accuracy:.3f} (a coin flip scores 0.5)")
+    # The baseline: the same network untrained, its output weights random too (its own
+    # generator, so the main run's random draws stay as they are).
+    rng = random.Random(0)
+    untrained = {"W1": [[rng.gauss(0.0, 0.3) for _ in LETTERS] for _ in range(RM_HIDDEN)],
+                 "b1": [0.0] * RM_HIDDEN, "w2": [rng.gauss(0.0, 0.3) for _ in range(RM_HIDDEN)],
+                 "b2": [0.0]}
+    untrained_accuracy = pair_accuracy(untrained, test_pairs)
+    print(f"held-out pairs ordered correctly: {accuracy:.3f} (untrained, random weights: "
+          f"{untrained_accuracy:.3f}; a coin flip: 0.5)")
     print("score of a sample name of each length: " +
           ", ".join(f"{n}: {s:.2f}" for n, s in sorted(by_length.items()) if n <= 10))
 
@@ -1003,6 +1041,7 @@ def main():
 
     results = {
         "reward_model_accuracy": accuracy,
+        "untrained_reward_model_accuracy": untrained_accuracy,
         "preferred_share_gain": after["long_share"] - before["long_share"],
         "surrogate_improvement": avg(history["surrogate_improvement"]),
         "kl_early": kl_early,
