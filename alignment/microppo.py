@@ -587,8 +587,8 @@ def train_reward_model(rm, train_pairs, start):
 # In our run the reward model orders all 200 held-out pairs correctly (1.000), and its raw
 # score climbs with length: -8.06 for a 2-letter name, 2.06 at 6 letters, 10.13 at 10. Its
 # task is easy on purpose: letter counts add up to the length. The same network untrained,
-# with random output weights, orders about half of them: the run prints its score, and over
-# eight random initialisations we measured 0.375 to 0.59 (and 0.61 for a ninth).
+# with random output weights, orders about half of them: 0.530 in our run, and from 0.375 to
+# 0.61 over nine other random initialisations we tried.
 
 
 def pair_accuracy(rm, pairs):
@@ -637,9 +637,10 @@ def rollout(policy, reference, first_letter):
 # regression on the returns, minimising
 #     L_V = mean_t (1/2) (V(s_t) - G_t)^2,     V(s) = w . f(s) + b
 # whose gradient is dL_V/dw = mean_t (V(s_t) - G_t) f(s_t), dL_V/db = mean_t (V(s_t) - G_t).
-# Signpost: production value heads share the policy's trunk (a scalar head on the same
-# transformer, or a second copy of the reward model); a separate linear model keeps the
-# policy's graph small here.
+# Signpost: production value functions are transformers too: a scalar head on the policy's
+# own trunk (TRL's AutoModelForCausalLMWithValueHead), or a separate model initialised from
+# the reward model (as InstructGPT did). A separate linear model keeps the policy's graph
+# small here.
 
 
 def value_features(prefix):
@@ -679,8 +680,9 @@ def value_loss_and_grads(head, states, returns):
 #   - lambda = 1: A_t = sum_k gamma^k r_t+k - V(s_t), the sampled return minus the baseline
 #     (the V terms telescope away). Unbiased whatever V is, but it carries the noise of
 #     every later sampled character.
-# GAE averages all the k-step estimates in between with weights (1 - lambda) lambda^(k-1);
-# the average collapses to an exponentially weighted sum of TD errors,
+# GAE averages all the k-step estimates in between with weights (1 - lambda) lambda^(k-1)
+# (the weight of the steps past the end of the name goes to the full return); the average
+# collapses to an exponentially weighted sum of TD errors,
 #     A_t = sum_k (gamma * lambda)^k * delta_t+k
 # and computing it backwards from the end needs one pass: A_t = delta_t + gamma*lambda*A_t+1.
 # The value head's regression target is the return G_t = A_t + V(s_t) (the same estimate,
@@ -741,7 +743,8 @@ def surrogate_loss(model, batch, advantages, clip_eps=None):
 # ("reward hacking": letters the reward model overrates, names no one would write). RLHF
 # therefore maximises reward minus beta * KL(pi || pi_ref). For one sampled name,
 #     sum_t (log pi(a_t|s_t) - log pi_ref(a_t|s_t))
-# is an unbiased estimate of the KL between the two models' distributions over whole names;
+# is an unbiased estimate of the KL between the two models' distributions over whole names
+# (one name's estimate can be negative, as early points on the KL curves are; its mean cannot);
 # subtracting KL_COEF times it from the name's reward puts the penalty into the return.
 # Signpost: InstructGPT-style RLHF (and TRL's PPO trainer) subtract the penalty per token,
 # -beta * (log pi - log pi_ref) at every position, with the reward model's score added at the
