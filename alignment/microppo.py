@@ -54,7 +54,9 @@ PRETRAIN_LR = 0.01
 BETA1, BETA2, ADAM_EPS = 0.85, 0.99, 1e-8
 # --- the reward model: letter counts -> 16 tanh units -> one score ---
 RM_HIDDEN = 16
-RM_PAIRS = 2000                # preference pairs built from the names; 10% are held out
+HELDOUT_SHARE = 0.1            # names kept out of pretraining and of the training pairs
+RM_PAIRS = 1800                # training pairs, from the training names
+HELDOUT_PAIRS = 200            # pairs of held-out names, to measure the reward model
 RM_EPOCHS = 2
 RM_LR = 0.01
 # --- PPO ---
@@ -584,11 +586,11 @@ def train_reward_model(rm, train_pairs, start):
     return losses
 
 
-# In our run the reward model orders all 200 held-out pairs correctly (1.000), and its raw
-# score climbs with length: -8.06 for a 2-letter name, 2.06 at 6 letters, 10.13 at 10. Its
-# task is easy on purpose: letter counts add up to the length. The same network untrained,
-# with random output weights, orders about half of them: 0.530 in our run, and from 0.375 to
-# 0.61 over nine other random initialisations we tried.
+# In our run the reward model orders all 200 held-out pairs correctly (1.000; no name in them
+# was trained on), and its raw score climbs with length: -7.63 for a 2-letter name, 2.59 at
+# 6 letters, 9.94 at 10. Its task is easy on purpose: letter counts add up to the length.
+# The same network untrained, with random output weights, orders about half of them: 0.505
+# in our run, and from 0.375 to 0.61 over nine other random initialisations we tried.
 
 
 def pair_accuracy(rm, pairs):
@@ -749,10 +751,10 @@ def surrogate_loss(model, batch, advantages, clip_eps=None):
 # Signpost: InstructGPT-style RLHF (and TRL's PPO trainer) subtract the penalty per token,
 # -beta * (log pi - log pi_ref) at every position, with the reward model's score added at the
 # last one; with gamma = 1 the return from the first token is the same sum.
-# What the penalty buys, in our run: with KL_COEF = 0.05 the policy ends 3.3 nats per name
-# from the reference, 98% of its names are longer than 6 letters (mean length 7.93 of at
-# most 8) and many repeat the same few syllables ("nanninen", "andenand"); with 0.5 it ends
-# 0.97 nats away, with 84.5% long names and a mean length of 7.33. Both started at 30%.
+# What the penalty buys, in our run: with KL_COEF = 0.05 the policy ends 3.5 nats per name
+# from the reference and 98.5% of its names are longer than 6 letters (mean length 7.94 of
+# at most 8: almost every name runs to the cap); with 0.5 it ends 1.5 nats away, with 89%
+# long names and a mean length of 7.57. Both started from the same policy, at 24.5%.
 
 
 def collect_batch(policy, head, reference, rm, names, kl_coef):
@@ -772,8 +774,9 @@ def collect_batch(policy, head, reference, rm, names, kl_coef):
         advantages.append(advs)
         states.extend(feats)
         returns.extend(rets)
-    # Whitening: advantages rescaled to mean 0 and standard deviation 1 over the batch, so the
-    # step size does not depend on the reward model's scale (TRL whitens them too).
+    # Whitening: advantages shifted and scaled to mean 0 and standard deviation 1 over the
+    # batch. The batch mean acts as one more baseline, and the size of the push stays the same
+    # from batch to batch while the rewards drift upward (TRL whitens them too).
     every = [a for advs in advantages for a in advs]
     mu = avg(every)
     sd = math.sqrt(avg([(a - mu) ** 2 for a in every])) + 1e-8
@@ -833,9 +836,9 @@ def run_ppo(pretrained, reference, rm, names, kl_coef, start):
 # exactly over all 27 next tokens at every prefix in the batch (mean over the names).
 
 
-# In our run: largest ratio 1.980 with the clip against 3.701 without, KL 0.226 against 0.534
-# per name. The clip held the drift to less than half, and it did not stop it (1.980 is well
-# past 1 + eps = 1.2), which is why PPO also keeps the epochs per batch few (3 here).
+# In our run: largest ratio 2.132 with the clip against 4.488 without, KL 0.236 against 0.658
+# per name. The clip held the drift to about a third, and it did not stop it (2.132 is well
+# past 1 + eps = 1.2), one reason to keep the epochs per batch few (3 here).
 
 
 def clip_demo(pretrained, rm, names):
@@ -965,22 +968,28 @@ def print_criteria(results):
 def main():
     random.seed(42)
     start = time.time()
-    names = load_names()
-    random.shuffle(names)
+    all_names = load_names()
+    random.shuffle(all_names)
+    # As in microdpo: 10% of the names are held out of pretraining and of the training pairs.
+    # names.txt lists some names twice, so a held-out name that also occurs among the
+    # training names is dropped: no name in a held-out pair was ever trained on.
+    split = int(len(all_names) * (1.0 - HELDOUT_SHARE))
+    names = all_names[:split]
+    seen = set(names)
+    heldout_names = [n for n in all_names[split:] if n not in seen]
 
     # --- stage 1: pretrain the policy ---
     model = init_model()
-    print(f"{len(names)} names; policy: {len(parameters(model))} parameters, names cut at "
-          f"{MAX_LETTERS} letters")
+    print(f"{len(names)} training names, {len(heldout_names)} held out; policy: "
+          f"{len(parameters(model))} parameters, names cut at {MAX_LETTERS} letters")
     pretrain_losses = pretrain(model, names, start)
     print("Pretraining loss per name (mean over its characters), in buckets of steps:")
     print(ascii_curve(pretrain_losses))
     pretrained = frozen(model)   # also the frozen reference for every KL below
 
     # --- stage 2: the reward model ---
-    pairs = preference_pairs(names, RM_PAIRS)
-    held_out = len(pairs) // 10
-    train_pairs, test_pairs = pairs[held_out:], pairs[:held_out]
+    train_pairs = preference_pairs(names, RM_PAIRS)
+    test_pairs = preference_pairs(heldout_names, HELDOUT_PAIRS)
     rm = init_reward_model()
     rm_losses = train_reward_model(rm, train_pairs, start)
     accuracy = pair_accuracy(rm, test_pairs)

@@ -27,7 +27,7 @@ QUICK_SETTINGS = {
                   "NUM_TV_SAMPLES": 200},
     "micrornn": {"NUM_STEPS": 3, "NUM_EVAL_WINDOWS": 3, "NUM_PROBE_WINDOWS": 2, "NUM_SAMPLES": 3},
     "micromoe": {"NUM_STEPS": 5, "BATCH_SIZE": 8, "EVAL_NAMES": 20, "SAMPLES": 1},
-    "microppo": {"PRETRAIN_STEPS": 20, "RM_PAIRS": 100, "RM_EPOCHS": 1, "NUM_STEPS": 2,
+    "microppo": {"PRETRAIN_STEPS": 20, "RM_PAIRS": 100, "HELDOUT_PAIRS": 20, "RM_EPOCHS": 1, "NUM_STEPS": 2,
                  "BATCH_SIZE": 2, "PPO_EPOCHS": 2, "CLIP_DEMO_EPOCHS": 2, "KL_WINDOW": 1,
                  "NUM_EVAL_SAMPLES": 10, "LOG_EVERY": 1},
 }

@@ -364,3 +364,11 @@ def test_gae_is_the_weighted_sum_of_td_errors():
     for t in range(5):
         expected = sum((gamma * lam) ** k * d for k, d in enumerate(deltas[t:]))
         assert advantages[t] == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_preference_pairs_share_a_first_letter_and_prefer_the_longer_name():
+    random.seed(12)
+    names = ["ann", "annabelle", "anna", "bo", "bob", "bobby", "cy"]
+    for chosen, rejected in ppo.preference_pairs(names, 50):
+        assert chosen[0] == rejected[0]
+        assert len(chosen) > len(rejected)
