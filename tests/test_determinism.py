@@ -38,8 +38,8 @@ QUICK_SETTINGS = {
                      "VALID_NAMES": 20, "HELDOUT_NAMES": 50, "MASK_SAMPLES": 20},
     "microlora": {"NUM_STEPS": 3, "ADAPT_STEPS": 2, "HELDOUT_NAMES": 12, "MERGE_CHECK_NAMES": 2,
                   "NUM_SAMPLES": 2, "SWEEP_RANKS": (1, 2)},
-    "microppo": {"PRETRAIN_STEPS": 20, "RM_PAIRS": 100, "HELDOUT_PAIRS": 20, "RM_EPOCHS": 1, "NUM_STEPS": 2,
-                 "BATCH_SIZE": 2, "PPO_EPOCHS": 2, "CLIP_DEMO_EPOCHS": 2, "KL_WINDOW": 1,
+    "microppo": {"PRETRAIN_STEPS": 20, "RM_PAIRS": 100, "HELDOUT_PAIRS": 20, "RM_EPOCHS": 1,
+                 "NUM_STEPS": 2, "BATCH_SIZE": 2, "PPO_EPOCHS": 2, "CLIP_DEMO_EPOCHS": 2, "KL_WINDOW": 1,
                  "NUM_EVAL_SAMPLES": 10, "LOG_EVERY": 1},
 }
 
