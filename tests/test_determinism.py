@@ -25,6 +25,8 @@ QUICK_SETTINGS = {
     "microquant": {"NUM_STEPS": 3, "EVAL_NAMES": 8, "CALIB_NAMES": 8, "NUM_SAMPLES": 1},
     "microbeam": {"NUM_STEPS": 2, "NUM_HELDOUT": 10, "NUM_SAMPLES": 4, "NUM_SPEC_NAMES": 4,
                   "NUM_TV_SAMPLES": 200},
+    "microdpo": {"NUM_STEPS": 3, "DPO_STEPS": 2, "DPO_BATCH": 2, "HELDOUT_PAIRS": 4,
+                 "KL_SAMPLES": 4, "KL_CHECKPOINTS": 2, "EVAL_NAMES": 5},
 }
 
 
