@@ -16,7 +16,10 @@ left is a classification loss on pairs that trains the policy directly:
 The preference here ("longer is better") is deliberately simple so that its effect can be
 measured exactly: the share of long names in the samples, before and after. The file also
 runs the same DPO a second time with a ten times larger beta, from the same start on the same
-pairs, to show what beta does: a larger beta keeps the policy closer to the reference.
+pairs, to show what beta does: a larger beta keeps the policy closer to the reference. In
+the run, 24% of the sampled names are longer than 6 letters before DPO and 98.5% after; the
+KL from the reference ends at 2.95 nats per name at beta 0.1 and at 1.15 at beta 1.0. The
+samples it prints show what the further move does to the names themselves.
 
 Run: python alignment/microdpo.py        (about 40 seconds; standard library only)
 """
@@ -446,8 +449,8 @@ def pretrain(model, names, encode, start):
         loss.backward()
         adam_step(params, state, LEARNING_RATE * (1.0 - step / NUM_STEPS))
         losses.append(loss.data)
-        if (step + 1) % 500 == 0 or step + 1 == NUM_STEPS:
-            recent = losses[-500:]
+        if (step + 1) % 200 == 0 or step + 1 == NUM_STEPS:
+            recent = losses[-200:]
             print(f"pretrain step {step + 1:5d}/{NUM_STEPS} | loss {sum(recent) / len(recent):.4f}"
                   f" | {time.time() - start:.1f}s")
 
@@ -527,7 +530,8 @@ def make_pairs(names, count, rng):
 # when every gradient is multiplied by the same constant, up to its tiny eps.) So with a
 # larger beta a pair stops pulling after a smaller move away from the reference: a larger
 # beta keeps the policy closer to the reference, a smaller one lets it travel further. The
-# run measures this with BETA_HIGH (see the KL table it prints).
+# run measures this with BETA_HIGH: after the same 60 steps on the same pairs the KL per name
+# is 1.15 at beta 1.0 against 2.95 at beta 0.1 (standard errors 0.09 and 0.13).
 # Signpost: when preferences are deterministic, as here, -log sigmoid(beta * m) keeps falling
 # as m grows: the loss has no finite minimum, so the reference holds the policy back only
 # through this fading weight and the finite number of steps. IPO (Azar et al., 2023) answers
@@ -568,11 +572,14 @@ def naive_dpo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, beta):
 
 
 def estimate_kl(policy, reference, bos):
-    """KL(pi || pi_ref) per name from KL_SAMPLES names sampled from pi, and their lengths."""
+    """KL(pi || pi_ref) per name from KL_SAMPLES names sampled from pi; also those names."""
     # KL(pi || pi_ref) = E_{y ~ pi}[ log pi(y) - log pi_ref(y) ]: draw names from the policy
     # and average the log-ratio. The mean is an unbiased estimate of the KL per name, but a
     # single log-ratio can be negative, and so can the mean when the KL is small; the run
-    # prints the standard error (standard deviation / sqrt(KL_SAMPLES)) beside it.
+    # prints the standard error (standard deviation / sqrt(KL_SAMPLES)) beside it: 0.06 nats
+    # on the first estimate of the main run (KL 0.24), 0.13 on its last (KL 2.95). Names cut
+    # at BLOCK_SIZE letters count as one outcome under both models, so the estimate is the KL
+    # between the two distributions over names of at most BLOCK_SIZE letters.
     log_ratios, names = [], []
     for _ in range(KL_SAMPLES):
         tokens, logp_policy = sample(policy, bos)
@@ -587,7 +594,7 @@ def run_dpo(start_floats, reference, batches, beta, bos, start):
     policy = trainable_copy(start_floats)
     params = parameters(policy)
     state = new_adam_state(params)
-    losses, margins, accuracies = [], [], []
+    losses, margins = [], []
     kl_curve = [(0, 0.0, 0.0)]   # at step 0 the policy is the reference: KL is exactly 0
     kl_every = max(1, DPO_STEPS // KL_CHECKPOINTS)
     names = []
@@ -607,10 +614,9 @@ def run_dpo(start_floats, reference, batches, beta, bos, start):
         # and a learning-rate schedule.
         adam_step(params, state, DPO_LEARNING_RATE)
         losses.append(loss.data)
-        # What TRL logs as rewards/margins and rewards/accuracies: the mean implicit-reward
-        # margin beta * m of the batch, and the share of its pairs with beta * m > 0
+        # The batch's mean implicit-reward margin beta * m, the number TRL's DPOTrainer logs
+        # as rewards/margins
         margins.append(sum(step_margins) / len(step_margins))
-        accuracies.append(sum(m > 0 for m in step_margins) / len(step_margins))
         if (step + 1) % kl_every == 0 or step + 1 == DPO_STEPS:
             kl, kl_error, names = estimate_kl(frozen_copy(policy), reference, bos)
             kl_curve.append((step + 1, kl, kl_error))
@@ -620,7 +626,7 @@ def run_dpo(start_floats, reference, batches, beta, bos, start):
                   f"{sum(margins[window]) / len(margins[window]):+.3f} | KL {kl:.3f} "
                   f"+- {kl_error:.3f} | {time.time() - start:.1f}s")
     return {"policy": frozen_copy(policy), "losses": losses, "margins": margins,
-            "accuracies": accuracies, "kl_curve": kl_curve, "names": names}
+            "kl_curve": kl_curve, "names": names}
 
 
 def implicit_reward_margins(policy, pairs, beta):
@@ -691,6 +697,15 @@ def long_share(names):
 
 # === SUCCESS CRITERIA ===
 # (what was measured, key in main()'s result, comparison, threshold or another key)
+# Each check fails for some broken version, measured with this file's settings:
+# - a sign error in the margin (chosen and rejected swapped) drives the loss to 0.03 just as
+#   well, but ranks 0% of held-out pairs right and collapses the policy onto empty names
+#   (share gain -0.24): the loss cannot see the bug, the accuracy and the lengths can;
+# - beta used backwards (the loss at 1 / beta) passes the first four checks and fails the
+#   last: KL 1.12 at "beta 1.0" against 0.41 at "beta 0.1";
+# - DPO on an untrained policy (NUM_STEPS = 0) ends at loss 0.614 with no length gain (its
+#   random strings are 76.5% long before DPO).
+# Before DPO the loss is ln 2, every held-out margin is exactly 0 and the KL is 0.
 CRITERIA = [
     ("DPO loss, mean of the last 20 steps (ln 2 at start)", "final_dpo_loss", "<", 0.6),
     ("held-out pairs ranked right by implicit reward", "heldout_preference_accuracy", ">", 0.7),
