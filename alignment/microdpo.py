@@ -340,10 +340,12 @@ def fused_sum(terms):
 
 
 # === MODEL: MICROGPT'S TRANSFORMER, SMALLER ===
-# The same GPT-2-shaped block as foundational/microgpt.py (RMSNorm, causal attention through
-# a growing key/value cache, a ReLU MLP, residual connections), one position at a time. It
-# runs on a model of Values (the policy being trained) or of plain floats (the frozen
-# reference, sampling, evaluation); the arithmetic is the same.
+# The same block as foundational/microgpt.py, with its departures from GPT-2 (RMSNorm
+# without a gain instead of LayerNorm, a norm on the embeddings, ReLU, no biases, no final
+# norm, no weight tying; its comments say why): causal attention through a growing
+# key/value cache, an MLP, residual connections, one position at a time. It runs on a model
+# of Values (the policy being trained) or of plain floats (the frozen reference, sampling,
+# evaluation); the arithmetic is the same, and a test checks that the numbers are too.
 
 
 def matrix(rows, cols):
@@ -778,8 +780,8 @@ def main():
     train_pairs = with_reference(make_pairs(train_names, DPO_STEPS * DPO_BATCH, random))
     heldout_pairs = with_reference(make_pairs(heldout_names, HELDOUT_PAIRS, random))
     batches = [train_pairs[i:i + DPO_BATCH] for i in range(0, len(train_pairs), DPO_BATCH)]
-    print(f"{len(train_pairs)} training pairs ({DPO_BATCH} per step), {len(heldout_pairs)} "
-          f"held-out pairs; e.g. prompt '{decode(train_pairs[0][0][1:2])}': chosen "
+    print(f"{len(train_pairs)} training pairs, {len(heldout_pairs)} held-out pairs; "
+          f"e.g. prompt '{decode(train_pairs[0][0][1:2])}': chosen "
           f"'{decode(train_pairs[0][0])}', rejected '{decode(train_pairs[0][1])}'")
 
     # --- 3. samples before DPO (the policy is still the reference) ---
