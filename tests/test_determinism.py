@@ -41,6 +41,8 @@ QUICK_SETTINGS = {
     "microppo": {"PRETRAIN_STEPS": 20, "RM_PAIRS": 100, "HELDOUT_PAIRS": 20, "RM_EPOCHS": 1,
                  "NUM_STEPS": 2, "BATCH_SIZE": 2, "PPO_EPOCHS": 2, "CLIP_DEMO_EPOCHS": 2, "KL_WINDOW": 1,
                  "NUM_EVAL_SAMPLES": 10, "LOG_EVERY": 1},
+    "microdpo": {"NUM_STEPS": 3, "DPO_STEPS": 2, "DPO_BATCH": 2, "HELDOUT_PAIRS": 4,
+                 "KL_SAMPLES": 4, "KL_CHECKPOINTS": 2, "EVAL_NAMES": 5},
 }
 
 
