@@ -26,7 +26,7 @@ simplest way to learn from a checker, and the two are set side by side at the en
 Everything (the policy, its pretraining, both RL loops) is in this file, with its own scalar
 autograd as in foundational/microgpt.py.
 
-Run: python alignment/microgrpo.py        (about half a minute; standard library only)
+Run: python alignment/microgrpo.py        (about 20 seconds; standard library only)
 """
 import hashlib
 import math
@@ -56,9 +56,9 @@ PROMPTS_PER_STEP = 4      # first letters per step
 GROUP_SIZE = 8            # G: completions sampled per prompt
 INNER_EPOCHS = 2          # gradient steps on each sampled batch (mu in DeepSeekMath)
 CLIP_EPS = 0.2            # the ratio pi/pi_old is clipped to [1 - eps, 1 + eps]
-KL_COEF = 0.04            # beta: weight of the KL estimate in the loss (DeepSeekMath's value)
+KL_COEF = 0.1             # beta: weight of the KL estimate in the loss (see THE RL LOOP)
 ADV_EPS = 1e-4            # keeps the advantage finite when a group's rewards barely differ
-RL_LR = 0.002             # Adam step size for both RL methods (see THE RL LOOP)
+RL_LR = 0.003             # Adam step size for both RL methods (see THE RL LOOP)
 # Evaluation
 EVAL_PER_LETTER = 10      # samples per prompt letter in each evaluation: 260 in all
 EVAL_SEED = 7             # every evaluation draws the same random numbers (see EVALUATION)
@@ -421,9 +421,9 @@ def new_adam_state(params):
 # So first the usual language-model training. Maximum likelihood maximises log pi(name) =
 # sum_t log pi(token_t | earlier tokens) over real names; we minimise its per-token mean,
 #     L = -1/|name| sum_t log pi(token_t)
-# one real name per step. 500 steps see 1.6% of the names; in our runs 1,000 steps lowered
-# the mean loss of the last 500 steps (2.56 to 2.40) without raising the share of samples that are real names
-# (4.2% and 4.2%), so the budget goes to RL instead.
+# one real name per step. 500 steps see 1.6% of the names. In our runs 1,000 steps lowered
+# the mean loss of the last 500 steps from 2.56 to 2.40 but not the share of samples that
+# are real names (4.2% both times), so the budget goes to RL instead.
 
 
 def pretrain(model, params, names, encode, end):
@@ -510,8 +510,8 @@ def complete(policy, prompt, end, rng):
 # === THE CHECKER: A VERIFIABLE REWARD ===
 # r = 1 if the completed name (prompt letter + sampled letters) is in names.txt, else 0.
 # Nothing is learned here and nothing can be fooled: the checker is a set lookup, like the
-# answer check on a maths problem in RL from verifiable rewards. The policy writes names
-# the list does not hold more often than not before training (the run prints the share).
+# answer check on a maths problem in RL from verifiable rewards. Before RL, 4.2% of the
+# pretrained policy's evaluation samples are real names (the run prints the share).
 
 
 def checker_reward(tokens, end, itos, real_names):
@@ -574,22 +574,25 @@ def group_advantages(rewards):
 # "Approximating KL divergence" for this estimator.) Its gradient through log pi_theta is
 #     dk/d log pi = 1 - u
 # so the expected gradient over tokens sampled from pi is
-#     sum_x pi(x) (1 - pi_ref(x)/pi(x)) grad log pi(x) = sum_x grad pi(x) - sum_x pi_ref(x)
-#     grad log pi(x) = 0 + grad KL(pi_ref || pi)
+#     sum_x pi(x) (1 - pi_ref(x)/pi(x)) grad log pi(x)
+#       = sum_x grad pi(x) - sum_x pi_ref(x) grad log pi(x)
+#       = grad(1) + grad(-sum_x pi_ref(x) log pi(x)) = grad KL(pi_ref || pi)
 # the gradient of the KL in the other direction. Both directions are 0 only when pi =
 # pi_ref, so either anchors the policy; a test checks this identity on a small softmax.
 #
 # Why in the loss and not in the reward. PPO-based RLHF subtracts beta * log(pi / pi_ref)
 # from every token's reward, and its value network then has to learn the penalised returns.
 # GRPO's advantage is the group-normalised checker score alone; DeepSeekMath puts the KL in
-# the loss "avoiding complicating the calculation" of that advantage. beta = 0.04 is
-# DeepSeekMath's value.
+# the loss "avoiding complicating the calculation" of that advantage. DeepSeekMath used
+# beta = 0.04; this script uses 0.1, for the reason measured in THE RL LOOP.
 #
 # Signposts: DeepSeekMath samples G = 64 outputs per question and takes one gradient step
 # per batch (mu = 1), so rho = 1 and the clip never binds there; INNER_EPOCHS = 2 here
-# lets the clip act on the second step. TRL's GRPOTrainer implements this loss (with
-# Dr. GRPO's variant as an option) and generates with many sequences in parallel, on GPUs
-# and optionally through vLLM; this loop samples one name at a time on plain floats.
+# lets it act on the second step, but at RL_LR = 0.003 no token got that far in our run
+# (the run prints the share: 0.00%); at RL_LR = 0.03, 3.4% of them did.
+# TRL's GRPOTrainer implements this loss (with Dr. GRPO's variant as an option) and
+# generates many sequences in parallel on GPUs, optionally through vLLM; this loop samples
+# one name at a time on plain floats.
 
 
 def sample_groups(old_policy, ref_policy, prompts, end, itos, real_names):
@@ -652,6 +655,19 @@ def expert_iteration_loss(model, batch, end):
 # the same INNER_EPOCHS Adam steps on each batch at the same learning rate, from the same
 # pretrained weights. Only the loss differs. After every block of BLOCK_STEPS steps the
 # policy is evaluated on the fixed evaluation below, which gives the reward curve.
+#
+# The anchor's strength, measured (seeds 42 and 43, 260 evaluation samples after 78 steps):
+#     beta   step    real-name share gained   distinct names   KL per token, last block
+#     0.04   0.002      0.38 / 0.46             0.57 / 0.37        1.11 / 1.01
+#     0.1    0.003      0.50 / 0.42             0.65 / 0.71        0.90 / 0.80
+#     0.2    0.002      0.19 / 0.26             0.87 / 0.77        0.36 / 0.41
+#     0.5    0.002      0.06 / 0.09             0.99 / 0.96        0.05 / 0.08
+# The checker pays the same for any real name, and the easiest way to score is to write a
+# few short common ones ("jan", "man") over and over: that is the collapse the anchor is
+# there to stop. At DeepSeekMath's beta = 0.04 it did not stop it here (in one seed only 37%
+# of the samples were distinct), at 0.5 the policy barely moves; KL_COEF = 0.1 keeps most of
+# the reward and most of the variety. A larger step is not free either: at beta 0.2 and
+# RL_LR 0.004 the evaluation reward fell back by 0.05 and 0.04 between checkpoints.
 
 
 def prompt_schedule(num_letters):
@@ -763,8 +779,8 @@ def name_of(tokens, end, itos):
 def show_samples(evaluations, end, itos):
     """Real names per prompt letter, then a few samples for SHOW_LETTERS, per policy."""
     labels = list(evaluations)
-    print(f"\nReal names among the {EVAL_PER_LETTER} evaluation samples of each prompt letter, "
-          + " / ".join(labels) + ":")
+    print(f"\nReal names among the {EVAL_PER_LETTER} evaluation samples per letter ("
+          + " / ".join(labels) + "):")
     cells = [f"{itos[letter]} " + "/".join(
         f"{sum(r for _, r in evaluations[label]['samples'][letter]):>2.0f}" for label in labels)
         for letter in range(end)]
@@ -851,8 +867,8 @@ def main():
     print(f"share of tokens whose ratio the clip stopped (last inner step): "
           f"{mean(g['clipped']):.2%} on average")
 
-    print(f"\nEvaluation reward (the same {end * EVAL_PER_LETTER} prompts and random numbers) every "
-          f"{BLOCK_STEPS} steps:")
+    print(f"\nEvaluation reward (the same {end * EVAL_PER_LETTER} prompts and random numbers) "
+          f"every {BLOCK_STEPS} steps:")
     print(f"  {'step':<22}" + "".join(f"{BLOCK_STEPS * i:>7d}" for i in range(len(g["eval"]) + 1)))
     for method, label in (("grpo", "GRPO"), ("ei", "expert iteration")):
         curve = [before["reward"]] + logs[method]["eval"]
@@ -888,9 +904,11 @@ def main():
 
 # === GRPO BESIDE EXPERT ITERATION AND PPO ===
 # PPO needs a critic: a value network that predicts each state's return, trained alongside
-# the policy, so that advantage = return - value. In PPO-based RLHF that value model is
-# often initialised from a model the size of the policy. GRPO has no critic: the group mean
-# is its baseline. The count below assumes a critic the same size as our policy.
+# the policy, so that advantage = return - value. DeepSeekMath motivates GRPO by its cost:
+# in PPO for language models the value function is typically another model of size
+# comparable to the policy, a substantial memory and compute burden. GRPO has no critic:
+# the group mean is its baseline. The count below assumes a critic the same size as our
+# policy (1,331 parameters); a smaller value head would shrink PPO's column, not remove it.
 
 
 def compare_methods(r):
