@@ -6,18 +6,19 @@ no learned reward model: a completed name scores 1 if it appears in names.txt an
 does not (RL from verifiable rewards, as with maths answers or unit tests). The prompt is a
 first letter; the policy writes the rest of the name.
 
-GRPO (DeepSeekMath, 2024; the RL algorithm of DeepSeek-R1) makes three changes to PPO:
+GRPO (DeepSeekMath, 2024; the RL algorithm of DeepSeek-R1) keeps PPO's clipped objective:
 
     for each prompt, sample a GROUP of G completions from the current policy
     -> score each with the checker -> advantage = (r - mean(group)) / (std(group) + eps)
     -> maximise PPO's clipped ratio objective with that advantage on every token
     -> minus beta * a per-token KL estimate to the frozen pretrained policy, in the loss
 
+and changes two things:
 1. The group is its own baseline: no value network (PPO's critic) is trained.
-2. A group whose members all score the same has advantages of 0: it teaches nothing, and the
-   run counts how often that happens.
-3. The KL anchor moves out of the reward and into the loss, as the per-token estimator
+2. The KL anchor moves out of the reward and into the loss, as the per-token estimator
    pi_ref/pi - log(pi_ref/pi) - 1, which is never negative.
+One consequence to watch: a group whose members all score the same has advantages of 0 and
+teaches nothing; the run measures how often that happens.
 
 The same start and the same number of sampled completions are also spent on expert
 iteration (sample, keep what the checker accepts, fine-tune on it by maximum likelihood), the
@@ -509,9 +510,10 @@ def complete(policy, prompt, end, rng):
 
 # === THE CHECKER: A VERIFIABLE REWARD ===
 # r = 1 if the completed name (prompt letter + sampled letters) is in names.txt, else 0.
-# Nothing is learned here and nothing can be fooled: the checker is a set lookup, like the
-# answer check on a maths problem in RL from verifiable rewards. Before RL, 4.2% of the
-# pretrained policy's evaluation samples are real names (the run prints the share).
+# The checker is a set lookup, like the answer check on a maths problem in RL from
+# verifiable rewards: nothing is learned, so there is no reward model for the policy to
+# fool. What it can still exploit is that every real name pays the same (see THE RL LOOP).
+# Before RL, 4.2% of the pretrained policy's evaluation samples are real names.
 
 
 def checker_reward(tokens, end, itos, real_names):
