@@ -653,7 +653,7 @@ def expert_iteration_loss(model, batch, end):
 
 
 # === THE RL LOOP (BOTH METHODS) ===
-# Both methods get the same prompts in the same order, the same G completions per prompt,
+# Both methods get the same prompts in the same order, G = 8 fresh completions per prompt,
 # the same INNER_EPOCHS Adam steps on each batch at the same learning rate, from the same
 # pretrained weights. Only the loss differs. After every block of BLOCK_STEPS steps the
 # policy is evaluated on the fixed evaluation below, which gives the reward curve.
