@@ -591,7 +591,8 @@ def group_advantages(rewards):
 # Signposts: DeepSeekMath samples G = 64 outputs per question and takes one gradient step
 # per batch (mu = 1), so rho = 1 and the clip never binds there; INNER_EPOCHS = 2 here
 # lets it act on the second step, but at RL_LR = 0.003 no token got that far in our run
-# (the run prints the share: 0.00%); at RL_LR = 0.03, 3.4% of them did.
+# (the run prints the share, 0.00%, and the largest |ratio - 1|, 0.185: close, not past);
+# at RL_LR = 0.03, 3.4% of them did.
 # TRL's GRPOTrainer implements this loss (with Dr. GRPO's variant as an option) and
 # generates many sequences in parallel on GPUs, optionally through vLLM; this loop samples
 # one name at a time on plain floats.
@@ -611,8 +612,9 @@ def sample_groups(old_policy, ref_policy, prompts, end, itos, real_names):
 
 
 def grpo_loss(model, batch, end):
-    """L = -J over the batch; also the share of tokens whose ratio the clip stopped."""
-    nodes, weights, clipped, cache = [], [], 0, {}
+    """L = -J over the batch; also the share of tokens whose ratio the clip stopped, and
+    the largest |ratio - 1| of any token (how near the clip came)."""
+    nodes, weights, clipped, cache, widest = [], [], 0, {}, 0.0
     scale = 1.0 / len(batch)   # 1/G within a group, and the mean over the step's prompts
     for item in batch:
         log_probs = token_log_probs(model, item["tokens"], end, first=1, cache=cache)
@@ -620,9 +622,10 @@ def grpo_loss(model, batch, end):
         for log_p, old, ref in zip(log_probs, item["old"], item["ref"]):
             surrogate = clipped_surrogate(log_p, old, item["advantage"])
             clipped += surrogate._local_grads[0] == 0.0 and item["advantage"] != 0.0
+            widest = max(widest, abs(math.exp(log_p.data - old) - 1.0))
             nodes += [surrogate, kl_estimate(log_p, ref)]
             weights += [-per_token, KL_COEF * per_token]
-    return weighted_sum(nodes, weights), clipped / (len(nodes) // 2)
+    return weighted_sum(nodes, weights), (clipped / (len(nodes) // 2), widest)
 
 
 def mean_token_kl(batch):
@@ -686,7 +689,7 @@ def prompt_schedule(num_letters):
 
 def run_rl(method, model, params, ref_policy, schedule, end, itos, real_names, evaluate):
     state = new_adam_state(params)
-    log = {"reward": [], "no_spread": [], "kl": [], "clipped": [], "eval": []}
+    log = {"reward": [], "no_spread": [], "kl": [], "clipped": [], "widest": [], "eval": []}
     start = time.time()
     for step, prompts in enumerate(schedule):
         batch = sample_groups(float_policy(snapshot(model)), ref_policy, prompts, end, itos,
@@ -707,7 +710,9 @@ def run_rl(method, model, params, ref_policy, schedule, end, itos, real_names, e
         log["reward"].append(sum(rewards) / len(rewards))
         log["no_spread"].append(sum(min(g) == max(g) for g in groups) / len(groups))
         log["kl"].append(mean_token_kl(batch))
-        log["clipped"].append(clipped[-1] if clipped else 0.0)
+        # measured on the last inner step, the one that starts from moved weights
+        log["clipped"].append(clipped[-1][0] if clipped else 0.0)
+        log["widest"].append(clipped[-1][1] if clipped else 0.0)
         if (step + 1) % BLOCK_STEPS == 0:
             log["eval"].append(evaluate(snapshot(model))["reward"])
             recent = slice(step + 1 - BLOCK_STEPS, step + 1)
@@ -867,7 +872,8 @@ def main():
     print("GRPO: KL(pi_old || pi_ref) per sampled token, the estimator k averaged:")
     print(ascii_curve(g["kl"], fmt="{:6.3f}"))
     print(f"share of tokens whose ratio the clip stopped (last inner step): "
-          f"{mean(g['clipped']):.2%} on average")
+          f"{mean(g['clipped']):.2%} on average;\nthe largest |ratio - 1| of any token there: "
+          f"{max(g['widest']):.3f} (the clip acts beyond eps = {CLIP_EPS})")
 
     print(f"\nEvaluation reward (the same {end * EVAL_PER_LETTER} prompts and random numbers) "
           f"every {BLOCK_STEPS} steps:")
@@ -896,6 +902,7 @@ def main():
         "no_spread_first_block": mean(g["no_spread"][:BLOCK_STEPS]),
         "no_spread_last_block": mean(g["no_spread"][-BLOCK_STEPS:]),
         "clip_fraction": mean(g["clipped"]),
+        "largest_ratio_deviation": max(g["widest"]),
         "policy_params": len(params),
         "ppo_critic_params": len(params),
     }
