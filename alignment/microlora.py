@@ -30,7 +30,7 @@ also shows where that stops: full fine-tuning at a smaller rate, gaining what Lo
 equal learning, the low rank did not shield what the base knew. Most forgetting is the first
 letter, which any model that learns B must move away from a-m.
 
-Run: python alignment/microlora.py        (about 40 seconds; standard library only)
+Run: python alignment/microlora.py    (about 90 s on the 2-core CI machine)
 """
 import hashlib
 import math

@@ -15,7 +15,7 @@ L2 normalisation. The normalisation is not linear, but the whole graph is small 
 plain floats below, with every step of the chain rule written next to the variable that holds
 it, and the tests check it against finite differences.
 
-Run:  python foundational/microembedding.py
+Run: python foundational/microembedding.py    (about 20 s on the 2-core CI machine)
 """
 import hashlib
 import math
