@@ -14,6 +14,7 @@ A check is `<key> <op> <number or other key>`. The tests assert every check on t
 real run of the script returned, so the document and the tests cannot drift apart.
 """
 import importlib.util
+import math
 import operator
 import re
 from dataclasses import dataclass, field
@@ -121,3 +122,29 @@ def script_checks(module):
     for _description, key, op, target in module.CRITERIA:
         checks.add(Check(key, op, float(target) if not isinstance(target, str) else target))
     return checks
+
+
+# --- Helpers the scripts' own tests share (fused nodes against their naive forms) ---
+
+
+def values_of(value_class):
+    """A function that turns plain numbers into a list of the given script's Values."""
+    return lambda xs: [value_class(x) for x in xs]
+
+
+def grads(vs):
+    return [v.grad for v in vs]
+
+
+def close(a, b, tol=1e-9):
+    return all(math.isclose(x, y, rel_tol=tol, abs_tol=tol) for x, y in zip(a, b))
+
+
+def naive_softmax(logits):
+    """Softmax built from a script's own Value operations: the form its fused node replaces."""
+    top = max(z.data for z in logits)
+    exps = [(z - top).exp() for z in logits]
+    total = exps[0]
+    for e in exps[1:]:
+        total = total + e
+    return [e / total for e in exps]

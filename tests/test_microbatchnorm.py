@@ -12,20 +12,13 @@ import random
 
 import pytest
 
-from support import load_script
+from support import grads, load_script, values_of
 
 SCRIPT = "alignment/microbatchnorm.py"
 bn = load_script(SCRIPT)
 Value = bn.Value
 STEP = 1e-6
-
-
-def values(xs):
-    return [Value(x) for x in xs]
-
-
-def grads(vs):
-    return [v.grad for v in vs]
+values = values_of(Value)
 
 
 def close(a, b, tol=1e-9):

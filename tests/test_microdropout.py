@@ -5,32 +5,16 @@ import random
 
 import pytest
 
-from support import load_script
+from support import grads, load_script, naive_softmax, values_of
 
 md = load_script("alignment/microdropout.py")
 Value = md.Value
-
-
-def values(xs):
-    return [Value(x) for x in xs]
-
-
-def grads(vs):
-    return [v.grad for v in vs]
+values = values_of(Value)
 
 
 def close(a, b, tol=1e-9):
     return len(a) == len(b) and all(math.isclose(x, y, rel_tol=tol, abs_tol=tol)
                                     for x, y in zip(a, b))
-
-
-def naive_softmax(logits):
-    top = max(z.data for z in logits)
-    exps = [(z - top).exp() for z in logits]
-    total = exps[0]
-    for e in exps[1:]:
-        total = total + e
-    return [e / total for e in exps]
 
 
 def naive_sum(vs):

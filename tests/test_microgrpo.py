@@ -4,22 +4,11 @@ import random
 
 import pytest
 
-from support import load_script
+from support import close, grads, load_script, values_of
 
 grpo = load_script("alignment/microgrpo.py")
 Value = grpo.Value
-
-
-def values(xs):
-    return [Value(x) for x in xs]
-
-
-def grads(vs):
-    return [v.grad for v in vs]
-
-
-def close(a, b, tol=1e-9):
-    return all(math.isclose(x, y, rel_tol=tol, abs_tol=tol) for x, y in zip(a, b))
+values = values_of(Value)
 
 
 def central_difference(f, x, h=1e-6):

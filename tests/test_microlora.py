@@ -4,34 +4,14 @@ import random
 
 import pytest
 
-from support import load_script
+from support import close, grads, load_script, naive_softmax, values_of
 
 lora = load_script("alignment/microlora.py")
 Value = lora.Value
 BOS = 26
 NAME = [BOS, 4, 12, 12, 0, BOS]      # BOS e m m a BOS
 OTHER = [BOS, 13, 14, 0, 7, BOS]     # BOS n o a h BOS
-
-
-def values(xs):
-    return [Value(x) for x in xs]
-
-
-def grads(vs):
-    return [v.grad for v in vs]
-
-
-def close(a, b, tol=1e-9):
-    return all(math.isclose(x, y, rel_tol=tol, abs_tol=tol) for x, y in zip(a, b))
-
-
-def naive_softmax(logits):
-    top = max(z.data for z in logits)
-    exps = [(z - top).exp() for z in logits]
-    total = exps[0]
-    for e in exps[1:]:
-        total = total + e
-    return [e / total for e in exps]
+values = values_of(Value)
 
 
 def base_model(seed=0):

@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from support import load_script
+from support import load_script, naive_softmax
 
 moe = load_script("alignment/micromoe.py")
 Value = moe.Value
@@ -118,15 +118,6 @@ def test_fused_router_dot_equals_naive_dot():
     assert fused.data == pytest.approx(naive.data, rel=1e-12)
     assert [w.grad for w in w1] == pytest.approx([w.grad for w in w2], rel=1e-12)
     assert len(fused._children) == 12
-
-
-def naive_softmax(logits):
-    top = max(z.data for z in logits)
-    exps = [(z - top).exp() for z in logits]
-    total = exps[0]
-    for e in exps[1:]:
-        total = total + e
-    return [e / total for e in exps]
 
 
 def test_fused_softmax_equals_naive_softmax():

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from support import load_script
+from support import close, grads, load_script, naive_softmax, values_of
 
 mq = load_script("alignment/microqlora.py")
 Value = mq.Value
@@ -18,27 +18,7 @@ BITSANDBYTES_NF4 = [
     0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
     0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
 ]
-
-
-def values(xs):
-    return [Value(x) for x in xs]
-
-
-def grads(vs):
-    return [v.grad for v in vs]
-
-
-def close(a, b, tol=1e-9):
-    return all(math.isclose(x, y, rel_tol=tol, abs_tol=tol) for x, y in zip(a, b))
-
-
-def naive_softmax(logits):
-    top = max(z.data for z in logits)
-    exps = [(z - top).exp() for z in logits]
-    total = exps[0]
-    for e in exps[1:]:
-        total = total + e
-    return [e / total for e in exps]
+values = values_of(Value)
 
 
 TOKENS = [26, 4, 12, 12, 0, 26]   # BOS e m m a BOS

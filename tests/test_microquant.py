@@ -4,31 +4,11 @@ import random
 
 import pytest
 
-from support import load_script
+from support import close, grads, load_script, naive_softmax, values_of
 
 mq = load_script("systems/microquant.py")
 Value = mq.Value
-
-
-def values(xs):
-    return [Value(x) for x in xs]
-
-
-def grads(vs):
-    return [v.grad for v in vs]
-
-
-def close(a, b, tol=1e-9):
-    return all(math.isclose(x, y, rel_tol=tol, abs_tol=tol) for x, y in zip(a, b))
-
-
-def naive_softmax(logits):
-    top = max(z.data for z in logits)
-    exps = [(z - top).exp() for z in logits]
-    total = exps[0]
-    for e in exps[1:]:
-        total = total + e
-    return [e / total for e in exps]
+values = values_of(Value)
 
 
 # --- fused nodes against their naive forms ---
