@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from support import grads, load_script, naive_softmax, values_of
+from support import grads, load_script, values_of
 
 md = load_script("alignment/microdropout.py")
 Value = md.Value
@@ -22,35 +22,6 @@ def naive_sum(vs):
     for v in vs[1:]:
         total = total + v
     return total
-
-
-def test_fused_dot_equals_naive_dot_in_value_and_gradients():
-    rng = random.Random(1)
-    raw_w, raw_x = [rng.gauss(0, 1) for _ in range(12)], [rng.gauss(0, 1) for _ in range(12)]
-    w1, x1, w2, x2 = values(raw_w), values(raw_x), values(raw_w), values(raw_x)
-    fused, naive = md.dot(w1, x1), md.naive_dot(w2, x2)
-    (fused * 1.3).backward()
-    (naive * 1.3).backward()
-    assert math.isclose(fused.data, naive.data, rel_tol=1e-12)
-    assert close(grads(w1) + grads(x1), grads(w2) + grads(x2))
-    assert len(fused._children) == 24
-
-
-def test_fused_cross_entropy_equals_naive_and_finite_differences():
-    raw, target = [0.3, -1.2, 2.2, 0.0, 0.9], 3
-    z1, z2 = values(raw), values(raw)
-    fused = md.cross_entropy(z1, target)
-    naive = -(naive_softmax(z2)[target].log())
-    fused.backward()
-    naive.backward()
-    assert math.isclose(fused.data, naive.data, rel_tol=1e-12)
-    assert close(grads(z1), grads(z2))
-    for j in range(len(raw)):
-        def loss_at(t):
-            return md.cross_entropy(values(raw[:j] + [t] + raw[j + 1:]), target).data
-        numeric = (loss_at(raw[j] + 1e-6) - loss_at(raw[j] - 1e-6)) / 2e-6
-        assert math.isclose(z1[j].grad, numeric, rel_tol=1e-5, abs_tol=1e-7)
-    assert math.isfinite(md.cross_entropy(values([5000.0, -5000.0]), 1).data)
 
 
 def test_fused_mean_equals_naive_mean():
