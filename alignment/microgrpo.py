@@ -526,8 +526,8 @@ def checker_reward(tokens, end, itos, real_names):
 # For one prompt q, sample G completions o_1..o_G and score them r_1..r_G. The advantage of
 # every token of o_i is its completion's standing within the group:
 #     A_i = (r_i - mean(r)) / (std(r) + eps)
-# Subtracting the mean is the baseline of REINFORCE (alignment/microreinforce.py is
-# planned): it leaves the expected gradient unchanged and shrinks its noise. Here it also
+# Subtracting the mean is the baseline of REINFORCE (see alignment/microreinforce.py):
+# it leaves the expected gradient unchanged and shrinks its noise. Here it also
 # adapts to each prompt's difficulty for free. With binary rewards and k of G accepted
 # (p = k/G), mean = p and std = sqrt(p(1 - p)), so an accepted name gets
 # A = sqrt((1 - p)/p) and a rejected one -sqrt(p/(1 - p)): one success in a group of 8
@@ -918,6 +918,8 @@ def main():
 # comparable to the policy, a substantial memory and compute burden. GRPO has no critic:
 # the group mean is its baseline. The count below assumes a critic the same size as our
 # policy (1,331 parameters); a smaller value head would shrink PPO's column, not remove it.
+# (alignment/microppo.py gets away with a linear value head of 61 parameters over hand-made
+# features of the prefix, because the preference behind its reward is about length alone.)
 
 
 def compare_methods(r):

@@ -10,7 +10,7 @@ toward what people prefer. It has three stages, and this file runs all of them:
                   policy optimisation nudges the GPT toward higher scores while a KL
                   penalty holds it near the pretrained model it started from
 
-The preference here is synthetic, the same as microdpo's (planned, alignment/microdpo.py):
+The preference here is synthetic, the same as in alignment/microdpo.py:
 of two names with the same first letter the longer one is preferred. The prompt is a first
 letter, and the completion is the rest of the name. Nothing tells the GPT "write longer
 names"; it only ever sees a number from the reward model, and has to find out by trying
@@ -876,14 +876,14 @@ def avg(xs):
 
 
 # === PPO OR DPO? ===
-# DPO (planned: alignment/microdpo.py) optimises the same KL-regularised objective straight
+# DPO (alignment/microdpo.py) optimises the same KL-regularised objective straight
 # from the preference pairs: no reward model, no value head, no sampling inside the loop. PPO
 # needs four models here (policy, reference, reward model, value head) and more dials (clip,
 # lambda, two learning rates). What it buys is a reward that can score names nobody labelled:
 # every name the policy samples is scored, including the 8-letter names it learns to write,
 # so the feedback follows the policy wherever it moves. When the reward is a program rather
 # than a set of pairs (a checker, a test suite) there is nothing for DPO to fit, and an RL
-# loop like this one uses the program directly (GRPO is planned as alignment/microgrpo.py).
+# loop like this one uses the program directly (as GRPO does in alignment/microgrpo.py).
 
 # === EVALUATION ===
 # A policy is measured on NUM_EVAL_SAMPLES fresh names (prompts drawn as in training): the

@@ -1,6 +1,6 @@
 """microqlora: fine-tune a model whose frozen weights are stored in 4 bits (QLoRA), in plain Python.
 
-LoRA (see alignment/microlora.py, planned) makes the trainable part of fine-tuning tiny: the
+LoRA (see alignment/microlora.py) makes the trainable part of fine-tuning tiny: the
 base weights W0 are frozen and only a low-rank correction is learned,
 
     h = W0 x + B A x        A: r x k (projects down, starts Gaussian), B: d x r (starts at 0)
