@@ -228,12 +228,15 @@ class Value:
             visited.add(node)
             stack.append((node, True))
             for child in node._children:
-                if child not in visited:
+                # A leaf (no children: a parameter, an input, a constant) passes nothing
+                # on, so it needs no place in the order; its parents still add to its .grad.
+                if child._children and child not in visited:
                     stack.append((child, False))
         self.grad = 1.0
         for node in reversed(order):
+            node_grad = node.grad
             for child, local_grad in zip(node._children, node._local_grads):
-                child.grad += local_grad * node.grad
+                child.grad += local_grad * node_grad
 
     def __repr__(self):
         return f"Value(data={self.data:.6g}, grad={self.grad:.6g})"
