@@ -18,6 +18,7 @@ it, and the tests check it against finite differences.
 Run: python foundational/microembedding.py    (about 20 s on the 2-core CI machine)
 """
 import hashlib
+import heapq
 import math
 import operator
 import os
@@ -363,11 +364,14 @@ def adam_update(W, grad_rows, m, v, step, lr):
     # lines below: W -= step_size * m / (sqrt(v) * inv_root_c2 + eps) is the formula above.
     step_size = lr / (1.0 - ADAM_BETA1 ** step)
     inv_root_c2 = 1.0 / math.sqrt(1.0 - ADAM_BETA2 ** step)
-    b1, b2 = ADAM_BETA1, ADAM_BETA2
+    # Local names for everything the inner loops read: this runs for about 770 rows of 32
+    # entries per step, and a local lookup is cheaper than a global or an attribute one.
+    b1, b2, one_minus_b1, one_minus_b2 = ADAM_BETA1, ADAM_BETA2, 1.0 - ADAM_BETA1, 1.0 - ADAM_BETA2
+    sqrt, eps = math.sqrt, ADAM_EPS
     for row, grad in grad_rows.items():
-        m[row] = m_row = [b1 * mi + (1.0 - b1) * g for mi, g in zip(m[row], grad)]
-        v[row] = v_row = [b2 * vi + (1.0 - b2) * g * g for vi, g in zip(v[row], grad)]
-        W[row] = [w - step_size * mi / (math.sqrt(vi) * inv_root_c2 + ADAM_EPS)
+        m[row] = m_row = [b1 * mi + one_minus_b1 * g for mi, g in zip(m[row], grad)]
+        v[row] = v_row = [b2 * vi + one_minus_b2 * g * g for vi, g in zip(v[row], grad)]
+        W[row] = [w - step_size * mi / (sqrt(vi) * inv_root_c2 + eps)
                   for w, mi, vi in zip(W[row], m_row, v_row)]
 
 
@@ -397,10 +401,10 @@ def levenshtein(s, t):
 
 def nearest_neighbours(query_vec, pool_vecs, pool_names, exclude, k):
     """The k pool names with the highest cosine to query_vec, skipping the name `exclude`."""
-    scored = [(cosine(query_vec, vec), name) for vec, name in zip(pool_vecs, pool_names)
-              if name != exclude]
-    scored.sort(reverse=True)
-    return scored[:k]
+    # cosine() written out inline: this loop scores every pool name for every query
+    scored = [(sum(map(operator.mul, query_vec, vec)), name)
+              for vec, name in zip(pool_vecs, pool_names) if name != exclude]
+    return heapq.nlargest(k, scored)   # the same as sorted(scored, reverse=True)[:k], faster
 
 
 def make_eval_sets(held_out):

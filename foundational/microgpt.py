@@ -22,6 +22,7 @@ https://github.com/karpathy/micrograd and https://github.com/karpathy/makemore
 
 Run: python foundational/microgpt.py    (about 50 s on the 2-core CI machine)
 """
+import gc
 import hashlib
 import math
 import operator
@@ -275,9 +276,10 @@ def naive_dot(weights, inputs):
 def dot(weights, inputs):
     if not FUSED_DOT:
         return naive_dot(weights, inputs)
-    return Value(sum(w.data * x.data for w, x in zip(weights, inputs)),
-                 (*weights, *inputs),
-                 (*[x.data for x in inputs], *[w.data for w in weights]))
+    # The forward sum runs on plain floats: map(operator.mul, ...) multiplies two lists of
+    # floats in C, about twice as fast as a Python loop over the Values themselves.
+    w_data, x_data = [w.data for w in weights], [x.data for x in inputs]
+    return Value(sum(map(operator.mul, w_data, x_data)), (*weights, *inputs), (*x_data, *w_data))
 
 
 def linear(inputs, weight_rows):
@@ -434,13 +436,16 @@ def train(model, params, docs, encode):
         # Linear decay to 0 over training: big steps early, fine adjustments at the end.
         lr = LEARNING_RATE * (1.0 - step / NUM_STEPS)
         t = step + 1
-        for i, p in enumerate(params):
-            # m = b1*m + (1-b1)*g ; v = b2*v + (1-b2)*g^2 ; p -= lr * m_hat / (sqrt(v_hat) + eps)
-            adam_m[i] = BETA1 * adam_m[i] + (1.0 - BETA1) * p.grad
-            adam_v[i] = BETA2 * adam_v[i] + (1.0 - BETA2) * p.grad * p.grad
-            m_hat = adam_m[i] / (1.0 - BETA1 ** t)   # bias correction: m and v start at 0,
-            v_hat = adam_v[i] / (1.0 - BETA2 ** t)   # so early averages are scaled back up
-            p.data -= lr * m_hat / (math.sqrt(v_hat) + ADAM_EPS)
+        # m = b1*m + (1-b1)*g ; v = b2*v + (1-b2)*g^2, for all parameters at once (list
+        # comprehensions over plain floats: this update runs 4,192 times per step)
+        grads = [p.grad for p in params]
+        adam_m = [BETA1 * m + (1.0 - BETA1) * g for m, g in zip(adam_m, grads)]
+        adam_v = [BETA2 * v + (1.0 - BETA2) * g * g for v, g in zip(adam_v, grads)]
+        # Bias correction: m and v start at 0, so early averages are scaled back up:
+        # m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t); p -= lr * m_hat / (sqrt(v_hat) + eps)
+        m_scale, v_scale = 1.0 - BETA1 ** t, 1.0 - BETA2 ** t
+        for p, m, v in zip(params, adam_m, adam_v):
+            p.data -= lr * (m / m_scale) / (math.sqrt(v / v_scale) + ADAM_EPS)
             # backward() adds into .grad, so without this reset every step would also
             # apply all previous steps' gradients.
             p.grad = 0.0
@@ -637,6 +642,11 @@ def print_criteria(results):
 
 def main():
     random.seed(42)  # every random draw below (init, data order, sampling) follows from this
+    # Speed: the graph has no reference cycles (a node points only at the older nodes it was
+    # computed from), so reference counting frees each step's graph the moment the step
+    # ends. Python's cycle collector would keep rescanning the live nodes as millions are
+    # created and find nothing to free; switched off, this run takes about a sixth less time.
+    gc.disable()
     names = load_names()
     # The file is sorted by popularity; shuffling keeps the first steps from seeing only the
     # most common names.
