@@ -32,6 +32,7 @@ letter, which any model that learns B must move away from a-m.
 
 Run: python alignment/microlora.py    (about 90 s on the 2-core CI machine)
 """
+import gc
 import hashlib
 import math
 import operator
@@ -326,17 +327,18 @@ def naive_dot(weights, inputs):
     return total
 
 
-def dot(weights, inputs):
-    # y = sum_i w_i * x_i with dy/dw_i = x_i and dy/dx_i = w_i: one node, 2n children
-    return Value(sum(w.data * x.data for w, x in zip(weights, inputs)),
-                 (*weights, *inputs),
-                 (*[x.data for x in inputs], *[w.data for w in weights]))
+def dot(weights, inputs, inputs_data=None):
+    # y = sum_i w_i * x_i with dy/dw_i = x_i and dy/dx_i = w_i: one node, 2n children.
+    # linear() hands over the inputs' floats, read once per layer instead of once per row.
+    x_data = [x.data for x in inputs] if inputs_data is None else inputs_data
+    w_data = [w.data for w in weights]
+    return Value(sum(map(operator.mul, w_data, x_data)), (*weights, *inputs), (*x_data, *w_data))
 
 
-def const_dot(constants, inputs):
+def const_dot(constants, inputs, inputs_data=None):
     # y = sum_i c_i * x_i with plain-float c: dy/dx_i = c_i; the constants get no gradient
-    return Value(sum(c * x.data for c, x in zip(constants, inputs)), tuple(inputs),
-                 tuple(constants))
+    x_data = [x.data for x in inputs] if inputs_data is None else inputs_data
+    return Value(sum(map(operator.mul, constants, x_data)), tuple(inputs), tuple(constants))
 
 
 def any_dot(a, b):
@@ -349,11 +351,21 @@ def any_dot(a, b):
 
 
 def linear(inputs, weight_rows):
-    # y = W x: one dot product per output (no bias, as in microgpt). All-float layers (all
-    # of evaluation and sampling) skip the per-row type check.
-    if not isinstance(inputs[0], Value) and not isinstance(weight_rows[0][0], Value):
-        return [sum(map(operator.mul, row, inputs)) for row in weight_rows]
-    return [any_dot(row, inputs) for row in weight_rows]
+    # y = W x: one dot product per output (no bias, as in microgpt). Which node to build is
+    # decided once per layer, and the inputs' floats are read once per layer. All-float
+    # layers (all of evaluation and sampling) are plain Python arithmetic.
+    x_is_value = isinstance(inputs[0], Value)
+    if not isinstance(weight_rows[0][0], Value):
+        if not x_is_value:
+            return [sum(map(operator.mul, row, inputs)) for row in weight_rows]
+        inputs = tuple(inputs)   # shared by every row's node as its children
+        x_data = [x.data for x in inputs]
+        return [const_dot(row, inputs, x_data) for row in weight_rows]
+    if not x_is_value:
+        inputs = tuple(inputs)
+        return [const_dot(inputs, row) for row in weight_rows]
+    x_data = [x.data for x in inputs]
+    return [dot(row, inputs, x_data) for row in weight_rows]
 
 
 def lora_add(frozen_out, low_rank, scale):
@@ -417,13 +429,17 @@ def rmsnorm(x):
 
 
 def relu(h):
-    return h.relu() if isinstance(h, Value) else max(0.0, h)
+    # A whole layer at once: Value.relu() for Values, max(0, x) for plain floats
+    if isinstance(h[0], Value):
+        return [v.relu() for v in h]
+    return [v if v > 0.0 else 0.0 for v in h]
 
 
 # === MODEL PARAMETERS ===
 # A matrix is a list of rows. Trainable matrices hold Values; a frozen copy of the same
 # model holds plain floats (frozen_copy), and a trainable copy can be made from it again
-# (trainable_copy) for full fine-tuning.
+# (trainable_copy) for full fine-tuning. A frozen row is a tuple: a const_dot() node keeps
+# it as its local derivatives as it is, with no copy per node.
 
 
 def matrix(rows, cols, std):
@@ -448,7 +464,7 @@ def parameters(matrices):
 
 
 def frozen_copy(model):
-    return {name: [[w.data for w in row] for row in mat] for name, mat in model.items()}
+    return {name: [tuple([w.data for w in row]) for row in mat] for name, mat in model.items()}
 
 
 def trainable_copy(frozen):
@@ -516,8 +532,8 @@ def merge(frozen, adapters):
     # other adapters (the rank sweep) can still start from it.
     merged = dict(frozen)
     for name, (down, up, scale) in frozen_adapters(adapters).items():
-        merged[name] = [[w0 + scale * sum(up[i][j] * down[j][k] for j in range(len(down)))
-                         for k, w0 in enumerate(row)] for i, row in enumerate(frozen[name])]
+        merged[name] = [tuple([w0 + scale * sum(up[i][j] * down[j][k] for j in range(len(down)))
+                               for k, w0 in enumerate(row)]) for i, row in enumerate(frozen[name])]
     return merged
 
 
@@ -531,6 +547,7 @@ def gpt_step(model, adapters, token_id, pos, keys, values):
     """Logits for the token after `token_id` at `pos` (keys/values: per-layer caches)."""
     x = rmsnorm([t + p for t, p in zip(model["wte"][token_id], model["wpe"][pos])])
     head_dim = N_EMBD // N_HEAD
+    score_scale = 1.0 / math.sqrt(head_dim)
     for layer in range(N_LAYER):
         residual = x
         x = rmsnorm(x)
@@ -540,16 +557,15 @@ def gpt_step(model, adapters, token_id, pos, keys, values):
         attended = []
         for h in range(0, N_EMBD, head_dim):
             # score_t = q . k_t / sqrt(head_dim); weights = softmax(scores); out = sum w_t v_t
-            scores = [any_dot(q[h:h + head_dim], k[h:h + head_dim]) * (1.0 / math.sqrt(head_dim))
-                      for k in keys[layer]]
+            q_head = q[h:h + head_dim]
+            scores = [any_dot(q_head, k[h:h + head_dim]) * score_scale for k in keys[layer]]
             weights = softmax(scores)
             for i in range(h, h + head_dim):
                 attended.append(any_dot(weights, [v[i] for v in values[layer]]))
         x = [a + r for a, r in zip(adapted_linear(attended, model, f"layer{layer}.wo", adapters),
                                    residual)]
         residual = x
-        hidden = [relu(h) for h in adapted_linear(rmsnorm(x), model, f"layer{layer}.fc1",
-                                                  adapters)]
+        hidden = relu(adapted_linear(rmsnorm(x), model, f"layer{layer}.fc1", adapters))
         x = [m + r for m, r in zip(adapted_linear(hidden, model, f"layer{layer}.fc2", adapters),
                                    residual)]
     return linear(x, model["lm_head"])
@@ -582,14 +598,14 @@ def train(label, model, adapters, params, token_lists, num_steps, learning_rate)
         loss = name_loss(model, adapters, token_lists[step % len(token_lists)])
         loss.backward()
         lr = learning_rate * (1.0 - step / num_steps)   # linear decay to 0
-        t = step + 1
-        for i, p in enumerate(params):
-            # m = b1*m + (1-b1)*g ; v = b2*v + (1-b2)*g^2 ; p -= lr * m_hat / (sqrt(v_hat) + eps)
-            adam_m[i] = BETA1 * adam_m[i] + (1.0 - BETA1) * p.grad
-            adam_v[i] = BETA2 * adam_v[i] + (1.0 - BETA2) * p.grad * p.grad
-            m_hat = adam_m[i] / (1.0 - BETA1 ** t)
-            v_hat = adam_v[i] / (1.0 - BETA2 ** t)
-            p.data -= lr * m_hat / (math.sqrt(v_hat) + ADAM_EPS)
+        # Bias corrections: m and v start at 0, so early averages are scaled back up
+        correct_m, correct_v = 1.0 - BETA1 ** (step + 1), 1.0 - BETA2 ** (step + 1)
+        # m = b1*m + (1-b1)*g ; v = b2*v + (1-b2)*g^2 ; p -= lr * m_hat / (sqrt(v_hat) + eps)
+        grads = [p.grad for p in params]
+        adam_m = [BETA1 * m + (1.0 - BETA1) * g for m, g in zip(adam_m, grads)]
+        adam_v = [BETA2 * v + (1.0 - BETA2) * g * g for v, g in zip(adam_v, grads)]
+        for p, m, v in zip(params, adam_m, adam_v):
+            p.data -= lr * (m / correct_m) / (math.sqrt(v / correct_v) + ADAM_EPS)
             p.grad = 0.0   # backward() adds into .grad: reset it for the next step
         losses.append(loss.data)
         if (step + 1) % 100 == 0 or step + 1 == num_steps:
@@ -766,6 +782,11 @@ def search_learning_rates(frozen, adapt_tokens, validation_tokens, base_b_loss):
 
 def main():
     random.seed(42)  # every draw below (split order, init, adapters, samples) follows from it
+    # Speed: the graph has no reference cycles (a node points only at the older nodes it was
+    # computed from), so reference counting frees each step's graph the moment the step
+    # ends. Python's cycle collector would keep rescanning the live nodes as millions are
+    # created and find nothing to free, so it is switched off.
+    gc.disable()
     start = time.time()
     names = load_names()
     # The file is sorted by popularity; shuffling spreads common and rare names over both the

@@ -25,6 +25,7 @@ This file runs the whole story on baby names and measures each claim:
 Run: python alignment/microqlora.py    (about a minute on the 2-core CI machine)
 """
 import bisect
+import gc
 import hashlib
 import math
 import operator
@@ -294,17 +295,18 @@ def naive_dot(weights, inputs):
     return total
 
 
-def dot(weights, inputs):
-    # y = sum_i w_i * x_i, one node with 2n children
-    return Value(sum(w.data * x.data for w, x in zip(weights, inputs)),
-                 (*weights, *inputs),
-                 (*[x.data for x in inputs], *[w.data for w in weights]))
+def dot(weights, inputs, inputs_data=None):
+    # y = sum_i w_i * x_i, one node with 2n children. linear() hands over the inputs' floats,
+    # read once per layer instead of once per row.
+    x_data = [x.data for x in inputs] if inputs_data is None else inputs_data
+    w_data = [w.data for w in weights]
+    return Value(sum(map(operator.mul, w_data, x_data)), (*weights, *inputs), (*x_data, *w_data))
 
 
-def const_dot(constants, inputs):
+def const_dot(constants, inputs, inputs_data=None):
     # y = sum_i c_i * x_i with plain-float c: one node with n children, dy/dx_i = c_i
-    return Value(sum(c * x.data for c, x in zip(constants, inputs)), tuple(inputs),
-                 tuple(constants))
+    x_data = [x.data for x in inputs] if inputs_data is None else inputs_data
+    return Value(sum(map(operator.mul, constants, x_data)), tuple(inputs), tuple(constants))
 
 
 def any_dot(a, b):
@@ -317,8 +319,20 @@ def any_dot(a, b):
 
 
 def linear(inputs, weight_rows):
-    # y = W x: one dot product per output neuron (no bias, as in microgpt)
-    return [any_dot(row, inputs) for row in weight_rows]
+    # y = W x: one dot product per output neuron (no bias, as in microgpt). Which node to
+    # build is decided once per layer, and the inputs' floats are read once per layer.
+    x_is_value = isinstance(inputs[0], Value)
+    if not isinstance(weight_rows[0][0], Value):
+        if not x_is_value:   # all floats: evaluation, sampling, the frozen base before an adapter
+            return [sum(map(operator.mul, row, inputs)) for row in weight_rows]
+        inputs = tuple(inputs)   # shared by every row's node as its children
+        x_data = [x.data for x in inputs]
+        return [const_dot(row, inputs, x_data) for row in weight_rows]
+    if not x_is_value:
+        inputs = tuple(inputs)
+        return [const_dot(inputs, row) for row in weight_rows]
+    x_data = [x.data for x in inputs]
+    return [dot(row, inputs, x_data) for row in weight_rows]
 
 
 def shifted_exps(numbers):
@@ -371,7 +385,10 @@ def rmsnorm(x):
 
 
 def relu(h):
-    return h.relu() if isinstance(h, Value) else max(0.0, h)
+    # A whole layer at once: Value.relu() for Values, max(0, x) for plain floats
+    if isinstance(h[0], Value):
+        return [v.relu() for v in h]
+    return [v if v > 0.0 else 0.0 for v in h]
 
 
 # === MODEL PARAMETERS ===
@@ -405,7 +422,8 @@ def parameters(matrices):
 
 
 def frozen_copy(model):
-    return {name: [[w.data for w in row] for row in mat] for name, mat in model.items()}
+    # A frozen row is a tuple: a const_dot() node keeps it as its local derivatives as it is
+    return {name: [tuple([w.data for w in row]) for row in mat] for name, mat in model.items()}
 
 
 # === LORA: THE LOW-RANK ADAPTER ===
@@ -465,6 +483,7 @@ def gpt_step(weights, adapters, token_id, pos, keys, values):
     """Logits for the next token after `token_id` at position `pos` (keys/values: caches)."""
     x = rmsnorm([t + p for t, p in zip(weights["wte"][token_id], weights["wpe"][pos])])
     head_dim = N_EMBD // N_HEAD
+    score_scale = 1.0 / math.sqrt(head_dim)
     for layer in range(N_LAYER):
         name = f"layer{layer}."
         residual = x
@@ -475,15 +494,15 @@ def gpt_step(weights, adapters, token_id, pos, keys, values):
         attended = []
         for h in range(0, N_EMBD, head_dim):
             # score_t = q . k_t / sqrt(head_dim); output = sum_t softmax(score)_t * v_t
-            scores = [any_dot(q[h:h + head_dim], k[h:h + head_dim]) * (1.0 / math.sqrt(head_dim))
-                      for k in keys[layer]]
+            q_head = q[h:h + head_dim]
+            scores = [any_dot(q_head, k[h:h + head_dim]) * score_scale for k in keys[layer]]
             attention = softmax(scores)
             for i in range(h, h + head_dim):
                 attended.append(any_dot(attention, [v[i] for v in values[layer]]))
         x = [a + r for a, r in zip(adapted_linear(attended, weights, name + "wo", adapters),
                                    residual)]
         residual = x
-        hidden = [relu(h) for h in adapted_linear(rmsnorm(x), weights, name + "fc1", adapters)]
+        hidden = relu(adapted_linear(rmsnorm(x), weights, name + "fc1", adapters))
         x = [m + r for m, r in zip(adapted_linear(hidden, weights, name + "fc2", adapters),
                                    residual)]
     return linear(x, weights["lm_head"])
@@ -518,11 +537,12 @@ def train(label, params, step_loss, num_steps, learning_rate, start):
         lr = learning_rate * (1.0 - step / num_steps)   # linear decay to 0
         # Bias corrections: m and v start at 0, so early averages are scaled back up
         correct_m, correct_v = 1.0 - BETA1 ** (step + 1), 1.0 - BETA2 ** (step + 1)
-        for i, p in enumerate(params):
-            # m = b1*m + (1-b1)*g ; v = b2*v + (1-b2)*g^2 ; p -= lr * m_hat / (sqrt(v_hat) + eps)
-            adam_m[i] = BETA1 * adam_m[i] + (1.0 - BETA1) * p.grad
-            adam_v[i] = BETA2 * adam_v[i] + (1.0 - BETA2) * p.grad * p.grad
-            p.data -= lr * (adam_m[i] / correct_m) / (math.sqrt(adam_v[i] / correct_v) + ADAM_EPS)
+        # m = b1*m + (1-b1)*g ; v = b2*v + (1-b2)*g^2 ; p -= lr * m_hat / (sqrt(v_hat) + eps)
+        grads = [p.grad for p in params]
+        adam_m = [BETA1 * m + (1.0 - BETA1) * g for m, g in zip(adam_m, grads)]
+        adam_v = [BETA2 * v + (1.0 - BETA2) * g * g for v, g in zip(adam_v, grads)]
+        for p, m, v in zip(params, adam_m, adam_v):
+            p.data -= lr * (m / correct_m) / (math.sqrt(v / correct_v) + ADAM_EPS)
             p.grad = 0.0   # backward() adds into .grad: reset it for the next step
         losses.append(loss.data)
         if (step + 1) % 100 == 0 or step == 0:
@@ -706,7 +726,7 @@ def dequantize_matrix(quantized, levels, double_quantized=True):
     for block, scale in enumerate(scales):
         table = [level * scale for level in levels]
         flat.extend(table[c] for c in codes[block * NF4_BLOCK:(block + 1) * NF4_BLOCK])
-    return [flat[r * cols:(r + 1) * cols] for r in range(rows)]
+    return [tuple(flat[r * cols:(r + 1) * cols]) for r in range(rows)]
 
 
 def quantize_model(weights, levels):
@@ -883,6 +903,11 @@ def adapt(label, base_weights, adapters, token_lists, start):
 
 def main():
     random.seed(42)  # every draw below (split order, init, adapters, samples) follows from it
+    # Speed: the graph has no reference cycles (a node points only at the older nodes it was
+    # computed from), so reference counting frees each step's graph the moment the step
+    # ends. Python's cycle collector would keep rescanning the live nodes as millions are
+    # created and find nothing to free, so it is switched off.
+    gc.disable()
     start = time.time()
     names = load_names()
     # The file is sorted by popularity: shuffling first makes every split a fair sample
