@@ -3,9 +3,9 @@
 Batch norm is built three ways in the script: from Value operations (the reference), as fused
 nodes (what training uses) and as a backward pass derived by hand. Here all three are held to
 central finite differences and to each other, and the other fused nodes (the batched
-linear layer, mean, cross-entropy, the whole output side) to their naive forms. The rest pins down what the measurements rely on:
-the running-statistics update, the float inference pass against the Value graph, the
-train/eval switch, and the helpers behind the criteria.
+linear layer, mean, cross-entropy, the whole output side) to their naive forms. The rest
+pins down what the measurements rely on: the running-statistics update, the float inference
+pass against the Value graph, the train/eval switch, and the helpers behind the criteria.
 """
 import math
 import random
