@@ -272,6 +272,8 @@ class Value:
 # - linear_batch(): each neuron's dot product with one example (plus its bias) as one node
 # - cross_entropy(): log-softmax plus negative log-likelihood as one node
 # - mean(): the mean of the batch's losses as one node
+# - output_loss(): the output layer, cross_entropy() and mean() over a whole batch as one node;
+#   training uses it, and the three above are its unfused form
 # - batchnorm_fused(): batch norm as a mean node, a 1/std node and one node per output;
 #   batchnorm_from_ops() is the same computation built from +, -, *, ** alone
 
@@ -298,17 +300,27 @@ def linear_batch(batch, weight_rows, biases=None):
     One node per neuron and example. Each weight's float is read once per batch and each
     input's float once per example, rather than once per product.
     """
+    # Per neuron, once per batch: its weights' floats, and the parts of its children and local
+    # derivatives that do not depend on the example (joining two tuples is cheaper than
+    # unpacking two lists into a new one, once per node)
     weight_floats = [[w.data for w in row] for row in weight_rows]
-    outputs = []
+    if biases is None:
+        neurons = [(w, tuple(row), tuple(w)) for row, w in zip(weight_rows, weight_floats)]
+        bias_floats = [None] * len(weight_rows)
+    else:
+        neurons = [(w, (*row, b), (1.0, *w))
+                   for row, w, b in zip(weight_rows, weight_floats, biases)]
+        bias_floats = [b.data for b in biases]
+    mul, outputs = operator.mul, []
     for inputs in batch:
-        x = [v.data for v in inputs]
+        inputs = tuple(inputs)
+        x = tuple([v.data for v in inputs])
         if biases is None:
-            outputs.append([Value(sum(map(operator.mul, w, x)), (*row, *inputs), (*x, *w))
-                            for row, w in zip(weight_rows, weight_floats)])
+            outputs.append([Value(sum(map(mul, w, x)), row + inputs, x + w_grads)
+                            for w, row, w_grads in neurons])
         else:
-            outputs.append([Value(sum(map(operator.mul, w, x)) + b.data, (*row, b, *inputs),
-                                  (*x, 1.0, *w))
-                            for row, w, b in zip(weight_rows, weight_floats, biases)])
+            outputs.append([Value(sum(map(mul, w, x)) + b, row + inputs, x + w_grads)
+                            for (w, row, w_grads), b in zip(neurons, bias_floats)])
     return outputs
 
 
@@ -332,6 +344,46 @@ def cross_entropy(logits, target):
     total = sum(exps)
     loss = top + math.log(total) - logits[target].data
     return Value(loss, tuple(logits), tuple(e / total - (j == target) for j, e in enumerate(exps)))
+
+
+# The biggest fused node is the whole output side of a batch: output layer, softmax
+# cross-entropy and the mean over the batch. For example b with last hidden layer h_b and
+# target y_b:
+#     z_bi = sum_j W[i][j] h_bj + b_i,   p_b = softmax(z_b),   L = (1/B) sum_b -log p_b[y_b]
+#     d_bi = dL/dz_bi = (p_bi - [i == y_b]) / B
+#     dL/dW[i][j] = sum_b d_bi h_bj,   dL/db_i = sum_b d_bi,   dL/dh_bj = sum_i d_bi W[i][j]
+# All of these are known once the forward pass is done, so they are this node's local
+# derivatives: a weight is one edge per batch instead of one per example. It gives the same
+# numbers as linear_batch(), cross_entropy() and mean() (the tests check values and
+# gradients, and finite differences). Signpost: PyTorch's cross_entropy is log_softmax and
+# nll_loss combined in the same way, and a linear layer over a batch is one node there.
+
+
+def output_loss(batch_hidden, weight_rows, biases, targets):
+    """mean([cross_entropy(z, y) for z, y in zip(linear_batch(h, W, b), targets)]), fused."""
+    n, mul = len(targets), operator.mul
+    weights = [[w.data for w in row] for row in weight_rows]
+    bias_floats = [b.data for b in biases]
+    hidden, errors, total = [], [], 0.0
+    for inputs, target in zip(batch_hidden, targets):
+        x = [v.data for v in inputs]
+        logits = [sum(map(mul, w, x)) + b for w, b in zip(weights, bias_floats)]
+        exps, top = shifted_exps(logits)
+        norm = sum(exps)
+        total += top + math.log(norm) - logits[target]
+        errors.append([(e / norm - (i == target)) * (1.0 / n) for i, e in enumerate(exps)])
+        hidden.append(x)
+    children, local_grads = [], []
+    hidden_cols = list(zip(*hidden))
+    for row, bias, d_col in zip(weight_rows, biases, zip(*errors)):
+        children += [*row, bias]
+        local_grads += [sum(map(mul, d_col, h_col)) for h_col in hidden_cols]
+        local_grads.append(sum(d_col))
+    weight_cols = list(zip(*weights))
+    for inputs, d in zip(batch_hidden, errors):
+        children += inputs
+        local_grads += [sum(map(mul, d, col)) for col in weight_cols]
+    return Value(total / n, tuple(children), tuple(local_grads))
 
 
 # === BATCH NORMALISATION ===
@@ -538,9 +590,8 @@ def batch_loss(net, batch):
         else:
             u = linear_batch(h, layer["weights"], layer["biases"])
         h = [[uj.tanh() for uj in row] for row in u]
-    logits = linear_batch(h, net["out_weights"], net["out_biases"])
-    losses = [cross_entropy(row, target) for row, (_, target) in zip(logits, batch)]
-    return mean(losses), batch_stats
+    return output_loss(h, net["out_weights"], net["out_biases"],
+                       [target for _, target in batch]), batch_stats
 
 
 def count_nodes(root):
@@ -667,13 +718,19 @@ def running_stats(snap):
 def forward_floats(snap, examples, stats=None):
     """Log-probabilities of the next letter for every example, what every hidden layer put out
     (mean, spread and saturated share of its tanh outputs) and the BN statistics used."""
-    h = [[x for c in context for x in snap["embed"][c]] for context, _ in examples]
+    # Examples repeat contexts (the 3,000 held-out windows hold about 1,100 distinct ones), so
+    # each distinct context runs through the network once; `rows` gives every example its
+    # row, for the statistics and summaries that count every example.
+    distinct = list(dict.fromkeys(context for context, _ in examples))
+    row_of = {context: k for k, context in enumerate(distinct)}
+    rows = [row_of[context] for context, _ in examples]
+    h = [[x for c in context for x in snap["embed"][c]] for context in distinct]
     layer_summary, used = [], []
     for i, layer in enumerate(snap["layers"]):
         z = [[sum(map(operator.mul, w, x)) for w in layer["weights"]] for x in h]
         if snap["use_bn"]:
             if stats is None:
-                mu_var = [column_stats(col) for col in zip(*z)]
+                mu_var = [column_stats(col) for col in zip(*[z[k] for k in rows])]
                 mus, variances = [m for m, _ in mu_var], [v for _, v in mu_var]
             else:
                 mus, variances = stats[i]
@@ -684,8 +741,8 @@ def forward_floats(snap, examples, stats=None):
             u = [[a * zj + c for a, zj, c in zip(scale, row, shift)] for row in z]
         else:
             u = [[zj + b for zj, b in zip(row, layer["biases"])] for row in z]
-        h = [[math.tanh(v) for v in row] for row in u]
-        flat = [v for row in h for v in row]
+        h = [list(map(math.tanh, row)) for row in u]
+        flat = [v for k in rows for v in h[k]]
         mu = sum(flat) / len(flat)
         spread = math.sqrt(sum((v - mu) ** 2 for v in flat) / len(flat))
         layer_summary.append((mu, spread, sum(abs(v) > SATURATED for v in flat) / len(flat)))
@@ -696,7 +753,7 @@ def forward_floats(snap, examples, stats=None):
         exps, top = shifted_exps(logits)
         log_total = top + math.log(sum(exps))
         log_probs.append([zj - log_total for zj in logits])
-    return log_probs, layer_summary, used
+    return [log_probs[k] for k in rows], layer_summary, used
 
 
 def mean_loss(log_probs, examples):

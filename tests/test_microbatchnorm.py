@@ -3,9 +3,9 @@
 Batch norm is built three ways in the script: from Value operations (the reference), as fused
 nodes (what training uses) and as a backward pass derived by hand. Here all three are held to
 central finite differences and to each other, and the other fused nodes (the batched
-linear layer, mean, cross-entropy) to their naive forms. The rest pins down what the measurements rely on:
-the running-statistics update, the float inference pass against the Value graph, the
-train/eval switch, and the helpers behind the criteria.
+linear layer, mean, cross-entropy, the whole output side) to their naive forms. The rest
+pins down what the measurements rely on: the running-statistics update, the float inference
+pass against the Value graph, the train/eval switch, and the helpers behind the criteria.
 """
 import math
 import random
@@ -103,6 +103,52 @@ def naive_cross_entropy(logits, target):
     exps = [(z - top).exp() for z in logits]
     total = sum(exps[1:], exps[0])
     return -((exps[target] / total).log())
+
+
+def output_side(hidden_rows, w, b, targets, fused):
+    """The batch's mean loss, from output_loss() or from its unfused form (naive ops)."""
+    if fused:
+        return bn.output_loss(hidden_rows, w, b, targets)
+    losses = [naive_cross_entropy([bn.naive_dot(row, x) + bias for row, bias in zip(w, b)], t)
+              for x, t in zip(hidden_rows, targets)]
+    return sum(losses[1:], losses[0]) * (1.0 / len(losses))
+
+
+def test_output_loss_equals_the_unfused_output_side_and_finite_differences():
+    rng = random.Random(5)
+    raw_w = [[rng.gauss(0, 1) for _ in range(4)] for _ in range(5)]
+    raw_b = [rng.gauss(0, 1) for _ in range(5)]
+    raw_h = [[rng.gauss(0, 1) for _ in range(4)] for _ in range(3)]
+    targets = [2, 0, 4]
+
+    def build():
+        return [values(r) for r in raw_w], values(raw_b), [values(r) for r in raw_h]
+
+    measured = []
+    for fused in (True, False):
+        w, b, h = build()
+        loss = output_side(h, w, b, targets, fused)
+        loss.backward()
+        measured.append((loss.data, grads([v for rows in (w, h) for r in rows for v in r] + b)))
+    (loss_f, grads_f), (loss_n, grads_n) = measured
+    assert math.isclose(loss_f, loss_n, rel_tol=1e-12)
+    assert close(grads_f, grads_n)
+    # central finite differences of the fused node's value, for every input
+    flat = [v for rows in (raw_w, raw_h) for r in rows for v in r] + raw_b
+    n_w, n_h = len(raw_w) * 4, len(raw_h) * 4
+
+    def loss_at(numbers):
+        w = [values(numbers[i * 4:i * 4 + 4]) for i in range(5)]
+        h = [values(numbers[n_w + i * 4:n_w + i * 4 + 4]) for i in range(3)]
+        return bn.output_loss(h, w, values(numbers[n_w + n_h:]), targets).data
+
+    numeric = []
+    for i in range(len(flat)):
+        up, down = list(flat), list(flat)
+        up[i] += STEP
+        down[i] -= STEP
+        numeric.append((loss_at(up) - loss_at(down)) / (2 * STEP))
+    assert close(grads_f, numeric, tol=1e-6)
 
 
 def test_cross_entropy_is_stable_for_huge_logits():

@@ -117,7 +117,7 @@ def test_float_evaluation_matches_the_value_forward_pass():
     pairs = list(zip(CONTEXTS, TARGETS))
     value_loss = md.head_loss(model["w2"], [md.hidden_layer(model, c) for c in CONTEXTS],
                               TARGETS).data
-    float_loss = md.mean_loss(md.snapshot(model), md.group_by_context(pairs))
+    float_loss = md.mean_losses(md.snapshot(model), md.group_by_context(pairs))[0]
     assert float_loss == pytest.approx(value_loss, rel=1e-12)
 
 
