@@ -36,6 +36,7 @@ scratch for this collection's commentary.
 Run: python foundational/micrornn.py    (about a minute on the 2-core CI machine)
 """
 import contextlib
+import gc
 import hashlib
 import math
 import operator
@@ -736,6 +737,12 @@ def print_criteria(results):
 
 def main():
     random.seed(42)  # every random draw below (split, init, order, sampling) follows from it
+    # A graph of Values has no reference cycles (a node points only at its inputs), so
+    # reference counting frees each window's graph the moment it is dropped. Python's cycle
+    # collector would still stop every few hundred new objects to search the live ones for
+    # cycles that are not there: about a sixth of the training time. Off for the run; no
+    # number changes.
+    gc.disable()
     start = time.time()
     names = load_names()
     random.shuffle(names)
@@ -832,6 +839,7 @@ def main():
         "rule_accepts_random": random_accept,
     }
     print_criteria(results)
+    gc.enable()
     return results
 
 
