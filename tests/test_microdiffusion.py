@@ -191,11 +191,14 @@ def test_sampling_with_an_oracle_lands_on_the_data_point(monkeypatch):
     x0 = (0.8, -0.3)
     embeddings = {tuple(md.time_embedding(t)): t for t in range(1, md.T + 1)}
 
-    def oracle(params, u):
-        t = embeddings[tuple(u[-md.TIME_EMBED_DIM:])]
-        root = math.sqrt(schedule[2][t])
-        scale = math.sqrt(1 - schedule[2][t])
-        return None, [(u[0] - root * x0[0]) / scale, (u[1] - root * x0[1]) / scale]
+    def oracle(params, inputs):
+        outputs = []
+        for u in inputs:
+            t = embeddings[tuple(u[-md.TIME_EMBED_DIM:])]
+            root = math.sqrt(schedule[2][t])
+            scale = math.sqrt(1 - schedule[2][t])
+            outputs.append([(u[0] - root * x0[0]) / scale, (u[1] - root * x0[1]) / scale])
+        return None, outputs
 
     monkeypatch.setattr(md, "forward", oracle)
     random.seed(0)
