@@ -442,7 +442,7 @@ def name_loss(model, shape, tokens):
 def train(model, params, shape, docs, label, start):
     adam_m, adam_v = [0.0] * len(params), [0.0] * len(params)
     recent = []
-    # A step builds a graph of tens of thousands of Values and then drops it. The graph holds
+    # A step builds a graph of thousands of Values and then drops it. The graph holds
     # no reference cycles (a node points only to its children), so reference counting alone
     # frees it; Python's cycle collector, which wakes up every 700 new objects, would only
     # re-scan the growing graph, for about a third of the forward pass's time. So it is off
@@ -681,7 +681,7 @@ def speculative(target, draft, prompt, bos, k, greedy_mode=False, max_new=BLOCK_
                 accepted += 1
                 continue
             # 3. First rejection: draw the replacement from the normalised residual.
-            residual = [max(0.0, pi - qi) for pi, qi in zip(p, q)]
+            residual = [d if d > 0.0 else 0.0 for d in map(operator.sub, p, q)]   # max(0, p - q)
             prefix += (draw(p if rule == "resample_target" else residual),)
             rejected = True
             break

@@ -395,7 +395,7 @@ def name_loss(model, tokens):
 def train(model, params, docs, encode, start):
     adam_m, adam_v = [0.0] * len(params), [0.0] * len(params)
     recent = []
-    # A step builds a graph of tens of thousands of Values and then drops it. The graph holds
+    # A step builds a graph of thousands of Values and then drops it. The graph holds
     # no reference cycles (a node points only to its children), so reference counting alone
     # frees it; Python's cycle collector, which wakes up every 700 new objects, would only
     # re-scan the growing graph, for about a third of the forward pass's time. So it is off
