@@ -23,6 +23,7 @@ samples it prints show what the further move does to the names themselves.
 
 Run: python alignment/microdpo.py    (about 40 s on the 2-core CI machine)
 """
+import gc
 import hashlib
 import math
 import operator
@@ -740,6 +741,11 @@ def print_criteria(results):
 
 def main():
     random.seed(42)   # every random draw below (init, data, pairs, sampling) follows from this
+    # Speed: the graph has no reference cycles (a node points only at the older nodes it was
+    # computed from), so reference counting frees each step's graph the moment the step
+    # ends. Python's cycle collector would keep rescanning the live nodes as millions are
+    # created and find nothing to free, so it is switched off (no number changes).
+    gc.disable()
     start = time.time()
     names = load_names()
     random.shuffle(names)

@@ -839,7 +839,6 @@ def main():
         "rule_accepts_random": random_accept,
     }
     print_criteria(results)
-    gc.enable()
     return results
 
 
