@@ -536,16 +536,19 @@ def adam_step(params, decays, moments, t, weight_decay, decoupled=True):
     decay = LEARNING_RATE * weight_decay
     # Bias correction: m and v start at 0, so early averages are divided by 1 - beta^t
     m_scale, v_scale = 1.0 / (1.0 - BETA1 ** t), 1.0 / (1.0 - BETA2 ** t)
-    for i, p in enumerate(params):
-        grad = p.grad
-        if weight_decay and decays[i]:
-            if decoupled:
+    grads = [p.grad for p in params]
+    if weight_decay and decoupled:
+        for p, decays_p in zip(params, decays):
+            if decays_p:
                 p.data -= decay * p.data        # AdamW: shrink the weight itself
-            else:
-                grad += weight_decay * p.data   # L2 in Adam: the decay becomes gradient
-        m[i] = BETA1 * m[i] + (1.0 - BETA1) * grad
-        v[i] = BETA2 * v[i] + (1.0 - BETA2) * grad * grad
-        p.data -= LEARNING_RATE * m[i] * m_scale / (math.sqrt(v[i] * v_scale) + ADAM_EPS)
+    elif weight_decay:                          # L2 in Adam: the decay becomes gradient
+        grads = [g + weight_decay * p.data if decays_p else g
+                 for g, p, decays_p in zip(grads, params, decays)]
+    # The same arithmetic for every weight, so it runs as list comprehensions over all of them
+    m[:] = [BETA1 * m_i + (1.0 - BETA1) * g for m_i, g in zip(m, grads)]
+    v[:] = [BETA2 * v_i + (1.0 - BETA2) * g * g for v_i, g in zip(v, grads)]
+    for p, m_i, v_i in zip(params, m, v):
+        p.data -= LEARNING_RATE * m_i * m_scale / (math.sqrt(v_i * v_scale) + ADAM_EPS)
         p.grad = 0.0     # backward() adds into .grad, so clear it for the next step
 
 
