@@ -133,10 +133,10 @@ def test_dropout_mask_statistics():
     p, draws = 0.3, 5000
     masks = [set(md.draw_mask(p)) for _ in range(draws)]
     kept_share = sum(len(m) for m in masks) / (draws * md.HIDDEN)
-    assert abs(kept_share - 0.7) < 0.005          # 320,000 draws: std 0.0008
+    assert abs(kept_share - 0.7) < 0.005          # 240,000 draws: std 0.0009
     for j in range(md.HIDDEN):                      # every unit on its own: std 0.0065
         assert abs(sum(j in m for m in masks) / draws - 0.7) < 0.035
-    for a, b in [(0, 1), (5, 40), (62, 63)]:        # independent units: both kept 0.49
+    for a, b in [(0, 1), (5, 40), (46, 47)]:        # independent units: both kept 0.49
         assert abs(sum(a in m and b in m for m in masks) / draws - 0.49) < 0.035
     # a fresh mask per call: consecutive masks differ
     assert sum(masks[i] != masks[i + 1] for i in range(100)) == 100
