@@ -25,7 +25,7 @@ little data seen many times over. Large language-model pretraining is the opposi
 nanoGPT's training script defaults to dropout 0.0 for pretraining, while GPT-2's published
 configuration uses 0.1. Weight decay, on the other hand, is almost everywhere, through AdamW.
 
-Run: python alignment/microdropout.py    (about 40 s on the 2-core CI machine)
+Run: python alignment/microdropout.py    (about 25 s on the 2-core CI machine)
 """
 import gc
 import hashlib

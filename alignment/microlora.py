@@ -32,7 +32,7 @@ gains 0.505 and forgets 0.558. So forgetting here follows the learning rate at l
 as the rank. Most forgetting is the first letter, which any model that learns B must move
 away from a-m.
 
-Run: python alignment/microlora.py    (about 90 s on the 2-core CI machine)
+Run: python alignment/microlora.py    (about 50 s on the 2-core CI machine)
 """
 import gc
 import hashlib

@@ -17,7 +17,7 @@ network is an MLP of 1,064 parameters instead of a U-Net. The network's backward
 derived by hand on plain floats (no autograd): a run makes about 146,000 forward passes
 (72,000 in training, 70,000 in sampling), far too many for a scalar autograd graph.
 
-Run: python foundational/microdiffusion.py    (about 35 s on the 2-core CI machine)
+Run: python foundational/microdiffusion.py    (about 15 s on the 2-core CI machine)
 """
 import bisect
 import math

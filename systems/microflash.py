@@ -22,7 +22,7 @@ much scratch space each algorithm holds, and check that the tiled answer matches
 one on every configuration it tries: causal mask on and off, and block sizes that do not
 divide N.
 
-Run: python systems/microflash.py    (about a second on the 2-core CI machine)
+Run: python systems/microflash.py    (under a second on the 2-core CI machine)
 """
 import math
 import operator
