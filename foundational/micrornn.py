@@ -739,7 +739,7 @@ def main():
     random.seed(42)  # every random draw below (split, init, order, sampling) follows from it
     # A graph of Values has no reference cycles (a node points only at its inputs), so
     # reference counting frees each window's graph the moment it is dropped. Python's cycle
-    # collector would still stop every few hundred new objects to search the live ones for
+    # collector would still keep stopping, as new objects pile up, to search the live ones for
     # cycles that are not there: about a sixth of the training time. Off for the run; no
     # number changes.
     gc.disable()

@@ -121,6 +121,17 @@ def test_float_evaluation_matches_the_value_forward_pass():
     assert float_loss == pytest.approx(value_loss, rel=1e-12)
 
 
+def test_sets_scored_together_give_the_same_losses_as_scored_alone():
+    # mean_losses() runs a context shared by several sets once; each set's loss must still be
+    # exactly what scoring that set alone gives
+    weights = md.snapshot(small_model(seed=2)[0])
+    first = md.group_by_context(list(zip(CONTEXTS[:4], TARGETS[:4])))
+    second = md.group_by_context(list(zip(CONTEXTS[2:], TARGETS[2:])))   # shares two contexts
+    together = md.mean_losses(weights, first, second)
+    assert together == md.mean_losses(weights, first) + md.mean_losses(weights, second)
+    assert together[0] != together[1]
+
+
 def test_eval_mode_is_train_mode_with_every_unit_kept_and_no_scale():
     model, _, _ = small_model(seed=2)
     units_a, eval_mode = md.hidden_layer(model, (4, 12, 12))
