@@ -959,12 +959,15 @@ COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator
 
 
 def print_criteria(results):
-    print(f"\n{'criterion':<50} {'measured':>10} {'threshold':>12}  result")
+    print(f"\n{'criterion':<50} {'measured':>12} {'threshold':>14}  result")
     for description, key, op, target in CRITERIA:
         value = results[key]
         threshold = results[target] if isinstance(target, str) else target
-        verdict = "PASS" if COMPARE[op](value, threshold) else "FAIL"
-        print(f"{description:<50} {value:>10.4g} {op:>2} {threshold:<9.4g}  {verdict}")
+        # A non-finite value fails every row: NaN compares False with anything, but
+        # inf would pass a ">" row, so finiteness is checked explicitly.
+        finite = math.isfinite(value) and math.isfinite(threshold)
+        verdict = "PASS" if finite and COMPARE[op](value, threshold) else "FAIL"
+        print(f"{description:<50} {value:>12.6g} {op:>2} {threshold:<11.6g}  {verdict}")
 
 
 # === MAIN ===

@@ -12,11 +12,29 @@ Each script entry there looks like this:
 
 A check is `<key> <op> <number or other key>`. The tests assert every check on the values a
 real run of the script returned, so the document and the tests cannot drift apart.
+
+An entry also lists its broken versions: copies of the script with one classic bug put in,
+each of which must fail at least one criterion (tests/test_broken_versions.py runs them):
+
+    | broken version | replace | with | settings | what it scores |
+    |---|---|---|---|---|
+    | causal mask dropped | `keys[:t + 1]` | `keys` | full | `masked_max_error` 0.41: FAIL |
+
+Rows with the same name are one broken version with several edits, applied in order. Inside
+a cell, ⏎ stands for a line break (a markdown cell holds one line). Each
+`replace` text must occur exactly once in the script, so an edit to the script cannot silently
+turn a broken version off. `settings` is `full` (the script as a user runs it) or module
+constants to shorten the run, such as `NUM_STEPS=200, SAMPLES=(1, 2)`.
 """
+import ast
 import importlib.util
+import json
 import math
 import operator
+import os
 import re
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +51,7 @@ OPERATORS = {
 }
 
 HEADING = re.compile(r"^### `((?:foundational|alignment|systems)/\w+\.py)`:? *(.*)$", re.M)
+NEWLINE = "\u23ce"  # ⏎ in a broken version's cell stands for a line break
 CHECK = re.compile(r"`(\w+) (<=|>=|==|<|>) ([\w.+-]+)`")
 
 
@@ -43,14 +62,42 @@ class Check:
     target: object  # a float threshold, or the name of another measured key
 
     def evaluate(self, measured):
-        """Return (left value, right value, passed) for a dict of measured values."""
+        """Return (left value, right value, passed) for a dict of measured values.
+
+        A non-finite value fails every check: NaN compares False with anything, but inf would
+        pass a ">" check, so finiteness is asked for explicitly (as each script's table does).
+        """
         left = measured[self.key]
         right = measured[self.target] if isinstance(self.target, str) else self.target
-        return left, right, bool(OPERATORS[self.op](left, right))
+        finite = math.isfinite(left) and math.isfinite(right)
+        return left, right, finite and bool(OPERATORS[self.op](left, right))
 
     def __str__(self):
         target = self.target if isinstance(self.target, str) else f"{self.target:g}"
         return f"{self.key} {self.op} {target}"
+
+
+@dataclass
+class BrokenVersion:
+    script: str               # e.g. "systems/microkv.py"
+    name: str                 # what was broken, as the entry names it
+    edits: list               # (text in the script, its replacement), applied in order
+    settings: dict            # module constants to set before main(); {} means full settings
+    scores: str = ""          # what the entry records that it scored
+
+    @property
+    def id(self):
+        return Path(self.script).stem + ": " + self.name
+
+    def apply(self, source):
+        """The script's source with every edit made; each text must occur exactly once."""
+        for old, new in self.edits:
+            count = source.count(old)
+            if count != 1:
+                raise ValueError(f"{self.id}: `{old}` occurs {count} times in {self.script}, "
+                                 "not once")
+            source = source.replace(old, new)
+        return source
 
 
 @dataclass
@@ -60,10 +107,65 @@ class ScriptSpec:
     budget_seconds: float
     title: str = ""           # the one-line description after the heading's path
     checks: list = field(default_factory=list)
+    broken: list = field(default_factory=list)
 
     @property
     def name(self):
         return Path(self.path).stem
+
+
+def _table_cells(line):
+    """A markdown table row split into cells; `\\|` stands for a pipe inside a cell."""
+    row = line.strip().strip("|").replace("\\|", "\0")
+    return [cell.strip().replace("\0", "|") for cell in row.split("|")]
+
+
+def _code(cell):
+    """The text inside a cell's code span: `text` or `` text `` (for text holding a backtick)."""
+    for fence in ("`` ", "`"):
+        closing = fence[::-1]
+        if cell.startswith(fence) and cell.endswith(closing) and len(cell) > 2 * len(fence) - 1:
+            return cell[len(fence):len(cell) - len(closing)]
+    raise ValueError(f"expected a code span, found {cell!r}")
+
+
+def _parse_settings(text):
+    """`full` is {}; otherwise `NAME=value, NAME=value` with Python literals as values."""
+    text = text.strip().strip("`")
+    if text == "full":
+        return {}
+    call = ast.parse(f"dict({text})", mode="eval").body
+    return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+
+
+def _tables(body):
+    """Each markdown table in an entry as (header cells, list of row cells)."""
+    tables, current = [], None
+    for line in body.splitlines():
+        if not line.startswith("|"):
+            current = None
+            continue
+        cells = _table_cells(line)
+        if current is None:
+            current = (cells, [])
+            tables.append(current)
+        elif not all(set(c) <= set("-: ") for c in cells):
+            current[1].append(cells)
+    return tables
+
+
+def _parse_broken(script, rows):
+    versions = {}
+    for name, old, new, settings, scores in rows:
+        version = versions.get(name)
+        if version is None:
+            version = versions[name] = BrokenVersion(script, name, [], _parse_settings(settings))
+        elif _parse_settings(settings) != version.settings:
+            raise ValueError(f"{script}: rows of '{name}' give different settings")
+        version.edits.append((_code(old).replace(NEWLINE, "\n"),
+                              _code(new).replace(NEWLINE, "\n")))
+        version.scores = " ".join(part for part in (version.scores, scores) if part)
+    return list(versions.values())
 
 
 def _parse_target(text):
@@ -89,21 +191,70 @@ def read_spec(spec_path=SPEC):
         budget = re.search(r"\*\*Budget:\*\*\s*([\d.]+)\s*s\b", body)
         if not (status and budget):
             raise ValueError(f"{match.group(1)}: entry needs **Status:** and **Budget:** lines")
-        checks = []
-        for line in body.splitlines():
-            if not line.startswith("|"):
-                continue
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            for found in CHECK.finditer(cells[-1]):
-                key, op, target = found.groups()
-                checks.append(Check(key, op, _parse_target(target)))
+        checks, broken = [], []
+        for header, rows in _tables(body):
+            if header[0] == "criterion":
+                for cells in rows:
+                    for found in CHECK.finditer(cells[-1]):
+                        key, op, target = found.groups()
+                        checks.append(Check(key, op, _parse_target(target)))
+            elif header[0] == "broken version":
+                broken.extend(_parse_broken(match.group(1), rows))
         specs.append(ScriptSpec(match.group(1), status.group(1), float(budget.group(1)),
-                                match.group(2).strip(), checks))
+                                match.group(2).strip(), checks, broken))
     return specs
 
 
 def implemented_specs():
     return [s for s in read_spec() if s.status == "implemented"]
+
+
+def all_broken_versions():
+    return [b for s in implemented_specs() for b in s.broken]
+
+
+RUNNER = ROOT / "tests" / "run_script.py"
+RUN_TIMEOUT_SECONDS = 600  # the spec's slowest-machine guard for one run
+
+
+@dataclass
+class Run:
+    stdout: str
+    measured: dict
+
+
+def run_as_user(script_path, tmp_path, settings=None):
+    """Run a script's main() in a subprocess from an empty working directory, as a user would.
+
+    Returns what it printed and the dict main() returned. The run must exit cleanly (a crash
+    is not a verdict a learner can read), print its criteria table, and leave the working
+    directory empty.
+    """
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    results_path = tmp_path / "results.json"
+    command = [sys.executable, str(RUNNER), str(script_path), str(results_path)]
+    if settings:
+        command.append(repr(settings))
+    proc = subprocess.run(command, cwd=workdir, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_SECONDS, env=dict(os.environ))
+    assert proc.returncode == 0, (f"{script_path} failed:\n{proc.stdout[-3000:]}\n"
+                                  f"{proc.stderr[-3000:]}")
+    assert list(workdir.iterdir()) == [], "a run must not write into its working directory"
+    assert "criterion" in proc.stdout, "the run must end with its criteria table"
+    # json writes NaN and Infinity as bare words and reads them back as floats.
+    return Run(proc.stdout, json.loads(results_path.read_text(encoding="utf-8")))
+
+
+def failed_checks(checks, measured):
+    """Each check as a report line, and the checks that failed."""
+    report, failures = [], []
+    for check in checks:
+        left, right, passed = check.evaluate(measured)
+        report.append(f"{check}: measured {left!r} vs {right!r} -> {'pass' if passed else 'FAIL'}")
+        if not passed:
+            failures.append(check)
+    return report, failures
 
 
 def load_script(relative_path, module_name=None):
