@@ -248,7 +248,12 @@ def test_fused_training_graph_equals_graph_from_ops_and_is_smaller(monkeypatch):
     from_ops.backward()
     assert from_ops.data == pytest.approx(fused.data, rel=1e-12)
     assert close(grads(params), fused_grads, 1e-9)
-    assert fused_stats == ops_stats
+    # The batch statistics agree to rounding, not bit for bit: the fused batch norm takes its
+    # mean and variance with sum(), the one from ops adds one + at a time, and since Python
+    # 3.12 sum() of floats is compensated. Its outputs then differ in the last bits, and so do
+    # the next layer's inputs and statistics. On 3.10 and 3.11 they happen to be identical.
+    for (fused_mu, fused_var), (ops_mu, ops_var) in zip(fused_stats, ops_stats):
+        assert close(fused_mu, ops_mu, 1e-12) and close(fused_var, ops_var, 1e-12)
     assert bn.count_nodes(from_ops) > 1.5 * bn.count_nodes(fused)
 
 
