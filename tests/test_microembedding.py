@@ -84,6 +84,35 @@ def test_infonce_loss_matches_its_definition():
             reference_infonce(W, buckets_a, buckets_b, temperature), rel=1e-12)
 
 
+def test_scripts_reference_loss_matches_the_tests_reference():
+    # The run's gradient check differentiates the script's reference_loss; it must be InfoNCE.
+    W, buckets_a, buckets_b = tiny_problem(seed=5)
+    for temperature in (1.0, 0.1):
+        assert emb.reference_loss(W, buckets_a, buckets_b, temperature) == pytest.approx(
+            reference_infonce(W, buckets_a, buckets_b, temperature), rel=1e-12)
+
+
+def gradient_check_on_random_names(seed):
+    rng = random.Random(seed)
+    W = [[rng.gauss(0.0, emb.INIT_STD) for _ in range(8)] for _ in range(64)]
+    names = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(3, 8)))
+             for _ in range(40)]
+    random.seed(seed)
+    return emb.gradient_check(W, names, {})
+
+
+def test_gradient_check_passes_the_hand_derived_gradient():
+    for seed in range(3):
+        assert gradient_check_on_random_names(seed) < 1e-6
+
+
+def test_gradient_check_catches_a_wrong_derivation(monkeypatch):
+    # Treating the normalisation as the identity still trains (see the script), so the run's
+    # check must be what flags it.
+    monkeypatch.setattr(emb, "l2_normalize_backward", lambda unit, norm, grad: list(grad))
+    assert gradient_check_on_random_names(0) > 1e-2
+
+
 def test_l2_normalisation_gradient_matches_finite_differences():
     rng = random.Random(7)
     raw = [rng.gauss(0.0, 2.0) for _ in range(5)]
