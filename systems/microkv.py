@@ -16,8 +16,8 @@ appends them to a list, and reads the rest. This file measures exactly that diff
 
 Every multiplication of the float forward pass is counted, so the saving is shown as numbers
 rather than as wall time, which Python would blur. The last part simulates paged allocation
-in the manner of vLLM's PagedAttention: the cache lives in fixed-size blocks found through a block
-table, instead of one slab reserved for the longest possible sequence.
+in the manner of vLLM's PagedAttention: the cache lives in fixed-size blocks found through
+a block table, instead of one slab reserved for the longest possible sequence.
 
 Run: python systems/microkv.py    (about 10 s on the 2-core CI machine)
 """

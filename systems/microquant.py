@@ -5,9 +5,10 @@ A trained network is a pile of float32 numbers, 4 bytes each (here Python floats
 checkpoint would store it). Quantisation stores every weight as a small integer code plus
 one shared float scale per row, `w ~ scale * code`, so a weight costs 1 byte (INT8) or half
 a byte (INT4) instead of 4. It works because trained weights are bell-shaped and mostly
-near zero: a grid of 255 (or 15) evenly spaced levels covers them closely. At INT8 the error is far smaller than the weights themselves; at INT4
-the grid is coarse (the run prints the share of weights that round to 0: 13.5% per row),
-and the model still loses little, which is what the held-out loss and KL measure.
+near zero: a grid of 255 (or 15) evenly spaced levels covers them closely. At INT8 the
+error is far smaller than the weights themselves; at INT4 the grid is coarse (the run
+prints the share of weights that round to 0: 13.5% per row), and the model still loses
+little, which is what the held-out loss and KL measure.
 
 This file trains the microgpt model on names, then quantises it in several ways and measures
 each one on held-out names, on plain floats:
