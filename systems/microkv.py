@@ -16,8 +16,8 @@ appends them to a list, and reads the rest. This file measures exactly that diff
 
 Every multiplication of the float forward pass is counted, so the saving is shown as numbers
 rather than as wall time, which Python would blur. The last part simulates paged allocation
-as vLLM's PagedAttention does it: the cache lives in fixed-size blocks found through a block
-table, instead of one slab reserved for the longest possible sequence.
+in the manner of vLLM's PagedAttention: the cache lives in fixed-size blocks found through
+a block table, instead of one slab reserved for the longest possible sequence.
 
 Run: python systems/microkv.py    (about 10 s on the 2-core CI machine)
 """
@@ -48,7 +48,7 @@ TEMPERATURE = 0.5  # < 1 sharpens the sampling distribution
 PROMPT = "ma"      # the prompt every generation starts from (after the BOS token)
 GROWTH_LENGTHS = (8, 32)  # total positions per generation for the growth measurement
 NUM_SAMPLES = 8    # names generated with the cache (end token allowed) to show the model works
-KV_BLOCK = 4       # positions per paged block (vLLM's default block size is 16 tokens)
+KV_BLOCK = 4       # positions per paged block (vLLM's CacheConfig defaults to 16 tokens)
 NUM_REQUESTS = 20  # simulated requests in the paging experiment, one arriving per tick
 
 # === DATA ===
@@ -524,13 +524,14 @@ class ContiguousCache:
 #   no cache: the whole sequence so far, start_pos = 0, into a fresh cache thrown away after
 # so the only difference between cached and uncached generation is whether the cache
 # survives between steps. Only the last position's logits are computed: generation needs the
-# next token's distribution and nothing else.
+# next token's distribution and nothing else (`every_position` asks for all of them, for the
+# check against the reference below; it is not counted as generation work).
 # Signpost: on a GPU, a prefill handles all prompt positions as one matrix-matrix product per
 # weight matrix; here the positions go through one after another, which gives the same
 # numbers and the same multiplication count but none of the parallel speed.
 
 
-def forward_pass(weights, tokens, start_pos, cache, counter):
+def forward_pass(weights, tokens, start_pos, cache, counter, every_position=False):
     head_dim = N_EMBD // N_HEAD
     scale = 1.0 / math.sqrt(head_dim)
     counter.floats_read += layer_floats_read(weights) + 2 * N_EMBD * len(tokens)
@@ -568,6 +569,8 @@ def forward_pass(weights, tokens, start_pos, cache, counter):
             new_xs.append([m + r for m, r in
                            zip(matvec(weights[f"layer{layer}.fc2"], hidden, counter), x)])
         xs = new_xs
+    if every_position:
+        return [matvec(weights["lm_head"], x, counter) for x in xs]
     return matvec(weights["lm_head"], xs[-1], counter)
 
 
@@ -620,13 +623,69 @@ def generate(weights, prompt, length, use_cache, seed, ban_token=None, stop_toke
     return tokens, steps
 
 
+def nan_aware_max(numbers):
+    """max(), but NaN if any number is NaN. Python's max() skips a NaN that is not first
+    (max(0.0, nan) is 0.0: every comparison with NaN is False), so a NaN logit would vanish
+    from a largest difference and the run would report a small one; the criteria table
+    fails NaN. Infinity needs no special case: max() keeps it."""
+    numbers = list(numbers)
+    return math.nan if any(math.isnan(x) for x in numbers) else max(numbers)
+
+
 def max_logit_difference(steps_a, steps_b):
     # Largest |z_a - z_b| over every logit of every step both runs made; a run that ended
     # early or took a different path shows up as a step count mismatch, which counts as inf.
     if len(steps_a) != len(steps_b):
         return math.inf
-    return max(abs(a - b) for sa, sb in zip(steps_a, steps_b)
-               for a, b in zip(sa["logits"], sb["logits"]))
+    return nan_aware_max(abs(a - b) for sa, sb in zip(steps_a, steps_b)
+                         for a, b in zip(sa["logits"], sb["logits"]))
+
+
+# === A PLAIN REFERENCE FORWARD PASS, FOR THE CHECK ===
+# Cached and uncached generation share forward_pass(), so comparing them cannot catch a bug
+# inside it. Worse, they compare only the last position's logits, and with one layer the
+# last position's logits do not depend on the mask at all (the last position may see every
+# position anyway, and the keys and values of a one-layer model come from the embeddings),
+# so even attention with no causal mask would pass. The reference below is written
+# separately, straight from the formulas, the way a training pass computes a sequence: all
+# positions at once, the full matrix of scores with -inf above the diagonal, and logits at
+# every position. main() compares it, position by position, with forward_pass() run over
+# the whole sequence and with every step of the cached run.
+
+
+def reference_logits(weights, tokens):
+    """Logits at every position of `tokens` (position 0 first), from the formulas."""
+    d, n = N_EMBD // N_HEAD, len(tokens)
+
+    def rms(vector):    # x / sqrt(mean(x^2) + eps)
+        factor = (sum(a * a for a in vector) / len(vector) + 1e-5) ** -0.5
+        return [a * factor for a in vector]
+
+    def times(matrix, vector):
+        return [sum(w * a for w, a in zip(row, vector)) for row in matrix]
+
+    x = [rms([a + b for a, b in zip(weights["wte"][t], weights["wpe"][p])])
+         for p, t in enumerate(tokens)]
+    for layer in range(N_LAYER):
+        w = {name: weights[f"layer{layer}.{name}"] for name in ("wq", "wk", "wv", "wo",
+                                                                "fc1", "fc2")}
+        normed = [rms(x_i) for x_i in x]
+        q, k, v = ([times(w[name], h) for h in normed] for name in ("wq", "wk", "wv"))
+        heads = [[] for _ in range(n)]
+        for c0 in range(0, N_EMBD, d):          # head columns c0 .. c0 + d - 1
+            for i in range(n):
+                # causal mask: score -inf for every key after position i
+                scores = [sum(q[i][c] * k[j][c] for c in range(c0, c0 + d)) / math.sqrt(d)
+                          if j <= i else -math.inf for j in range(n)]
+                top = max(scores)
+                e = [math.exp(score - top) for score in scores]
+                heads[i] += [sum(e[j] * v[j][c] for j in range(n)) / sum(e)
+                             for c in range(c0, c0 + d)]
+        x = [[a + r for a, r in zip(times(w["wo"], heads[i]), x[i])] for i in range(n)]
+        x = [[m + r for m, r in zip(times(w["fc2"], [max(0.0, u) for u in
+                                                     times(w["fc1"], rms(x_i))]), x_i)]
+             for x_i in x]
+    return [times(weights["lm_head"], x_i) for x_i in x]
 
 
 class StaleCache(ContiguousCache):
@@ -666,14 +725,15 @@ def linear_fit_r2(xs, ys):
 # a new block only when its last one is full, and a per-request block table maps its logical
 # block 0, 1, 2, ... to whichever physical blocks were free. At most KV_BLOCK - 1 slots per
 # request sit unused, and a finished request's blocks go straight back to the free list.
-# In vLLM one block table per sequence serves every layer: block b holds positions
-# b*KV_BLOCK.. of that sequence in each layer's cache, as below.
+# Here one block table per request serves every layer: block b holds positions
+# b*KV_BLOCK.. of that request in each layer's cache.
 #
 # This is a simulation of memory management, not a speed-up. Here every "block" is a Python
 # list and reading through the block table is a slower gather than reading a plain list;
 # the gain in a real server is that GPU memory is not reserved and left idle, so more
-# requests fit in a batch at once. In vLLM the attention kernel itself follows the block
-# table; here read() gathers the entries into position order and attention runs as before.
+# requests fit in a batch at once. vLLM's attention kernel takes the block tables as an
+# input and reads each block where it lies; here read() gathers the entries into position
+# order and attention runs as before.
 
 
 class BlockPool:
@@ -751,8 +811,8 @@ def serve_requests(weights, requests):
             counter = OpCounter()
             paged_logits = forward_pass(weights, [tokens[pos]], pos, paged, counter)
             reference_logits = forward_pass(weights, [tokens[pos]], pos, reference, counter)
-            max_difference = max(max_difference, max(
-                abs(a - b) for a, b in zip(paged_logits, reference_logits)))
+            max_difference = nan_aware_max([max_difference, *(
+                abs(a - b) for a, b in zip(paged_logits, reference_logits))])
             if pos + 1 == len(tokens):
                 finished.append(rid)
         # Measure before the finished requests hand their blocks back: this is the peak
@@ -799,6 +859,8 @@ def ascii_line(xs, ys, width=48, height=8):
 # (what was measured, key in main()'s result, comparison, threshold or another key)
 CRITERIA = [
     ("max |logit difference|, cached vs uncached", "max_logit_difference", "<", 1e-9),
+    ("max |logit diff.|, every position vs plain reference", "reference_logit_difference", "<",
+     1e-9),
     ("uncached: log-log slope of mults, length 8 -> 32", "uncached_growth_exponent", ">", 1.8),
     ("cached: log-log slope of mults, length 8 -> 32", "cached_growth_exponent", "<", 1.3),
     ("R^2 of cache size (floats) against position", "cache_growth_r2", ">", 0.999),
@@ -878,7 +940,7 @@ def main():
         samples.append(decode(cached[0]) + ("" if cached[0] == uncached[0] else "(!)"))
     # "(!)" would mark a name on which the two runs parted ways; none should appear
     print(f"names from the prompt, cached = uncached: {', '.join(samples)}")
-    max_difference = max(differences)
+    max_difference = nan_aware_max(differences)
     # The yardstick: a cache that stops appending after the prompt
     longest = max(GROWTH_LENGTHS)
     _, stale_steps = generate(weights, prompt, longest, True, seed, ban_token=bos,
@@ -889,6 +951,21 @@ def main():
           f"the growth runs and {NUM_SAMPLES} names: {max_difference:.1e} (the same floats, "
           f"in the same order);\na cache that stops appending after the prompt: "
           f"{broken_difference:.3f}")
+
+    # Both runs above share forward_pass(), so their agreement says nothing about a bug
+    # inside it. The plain reference does: every position of the length-32 sequence, once
+    # from forward_pass() over the whole sequence in one pass (prefill-style, every
+    # position's logits) and once from each step of the cached run.
+    sequence, cached_run = runs[longest, True]
+    expected = reference_logits(weights, sequence)
+    one_pass = forward_pass(weights, sequence, 0, ContiguousCache(), OpCounter(),
+                            every_position=True)
+    reference_difference = nan_aware_max(
+        [abs(a - b) for got, want in zip(one_pass, expected) for a, b in zip(got, want)]
+        + [abs(a - b) for step in cached_run
+           for a, b in zip(step["logits"], expected[step["positions"] - 1])])
+    print(f"max |logit difference| from a plain reference forward pass, at all {longest} "
+          f"positions\n(one pass) and at every cached step: {reference_difference:.1e}")
 
     # --- 3. Multiplications: n^2 against n ---
     # Step k without the cache re-runs all k positions, so the total over n steps is about
@@ -1012,6 +1089,7 @@ def main():
 
     results = {
         "max_logit_difference": max_difference,
+        "reference_logit_difference": reference_difference,
         "broken_cache_logit_difference": broken_difference,
         "uncached_growth_exponent": uncached_exponent,
         "cached_growth_exponent": cached_exponent,

@@ -130,6 +130,22 @@ def test_incremental_attention_matches_whole_sequence_attention(n_kv, window):
     assert max_diff(outputs, reference_attention(weights, xs, n_kv, window)) < 1e-12
 
 
+@pytest.mark.parametrize("n_kv, window", [(4, None), (2, None), (1, None), (4, 4), (2, 3),
+                                          (1, 1)])
+def test_the_scripts_reference_matches_the_tests_reference(n_kv, window):
+    # The script's own reference (behind reference_max_error) agrees with this file's one
+    _, mha, xs = setup(seed=4, n=9)
+    weights = mha if n_kv == attn.N_HEAD else attn.convert(mha, n_kv)
+    assert max_diff(attn.reference_attention(weights, xs, n_kv, window),
+                    reference_attention(weights, xs, n_kv, window)) < 1e-12
+
+
+def test_nan_aware_max_does_not_skip_nan():
+    assert max(0.0, math.nan) == 0.0                    # the trap
+    assert math.isnan(attn.nan_aware_max([0.0, math.nan, 1.0]))
+    assert attn.nan_aware_max([0.0, 2.0, 1.0]) == 2.0
+
+
 @pytest.mark.parametrize("n", [1, 3, 4, 5, 9])
 @pytest.mark.parametrize("n_kv, window", [(4, None), (2, None), (1, None), (4, 4), (2, 2),
                                           (1, 1), (4, 100)])

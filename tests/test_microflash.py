@@ -41,6 +41,13 @@ def error(a, b):
     return flash.max_abs_difference(a, b)
 
 
+def test_a_nan_output_makes_the_error_nan():
+    # Python's max(0.0, nan) is 0.0; the script's maximum must not skip a NaN
+    assert math.isnan(flash.max_abs_difference([[0.0, 1.0]], [[math.nan, 1.0]]))
+    assert math.isnan(flash.max_abs_difference([[1.0, math.nan]], [[0.0, 1.0]]))
+    assert flash.max_abs_difference([[1.0, 2.0]], [[0.5, 2.0]]) == 0.5
+
+
 # --- online softmax -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("order", ["random", "rising", "falling"])

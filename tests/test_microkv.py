@@ -81,6 +81,26 @@ def test_float_forward_equals_value_forward_exactly():
         assert prefill == float_logits
 
 
+def test_reference_logits_equal_the_forward_pass_at_every_position(weights):
+    # The plain reference behind reference_logit_difference agrees with the script's forward
+    # pass at every position of a whole-sequence pass, not just the last one
+    tokens = [BOS, 12, 0, 17, 8, 0, 13, 4]
+    every = kv.forward_pass(weights, tokens, 0, kv.ContiguousCache(), kv.OpCounter(),
+                            every_position=True)
+    expected = kv.reference_logits(weights, tokens)
+    assert len(every) == len(expected) == len(tokens)
+    assert max(abs(a - b) for got, want in zip(every, expected)
+               for a, b in zip(got, want)) < 1e-12
+    assert every[-1] == kv.forward_pass(weights, tokens, 0, kv.ContiguousCache(),
+                                        kv.OpCounter())
+
+
+def test_nan_aware_max_does_not_skip_nan():
+    assert max(0.0, math.nan) == 0.0                    # the trap
+    assert math.isnan(kv.nan_aware_max([0.0, math.nan, 1.0]))
+    assert kv.nan_aware_max([0.0, math.inf]) == math.inf
+
+
 class CountingFloat(float):
     """A float that counts every * and / it takes part in (a division counts as one)."""
     count = 0
