@@ -9,7 +9,7 @@ script trains two small GPTs on baby names, a target (about 7,300 parameters) an
 (about 1,300), then runs every strategy on the same target and measures what each one buys:
 
     greedy      take the most probable token every step (one fixed answer per prompt)
-    beam        keep the B best partial names by total log-probability
+    beam        keep the B best partial names by log-probability per token
     sampling    draw from the distribution; temperature, top-k and top-p reshape it first
     speculative the draft guesses k tokens, the target checks them all in one pass
 
@@ -924,9 +924,10 @@ def main():
 
     # --- sampling strategies from the empty prompt ---
     # Sampling is not judged on log-probability (a sampler that always returned the likeliest
-    # name would score best and teach nothing) nor on variety alone (no filter at all, or one
-    # that keeps the five least likely tokens, gives 50 distinct names too): every step of
-    # the top-k and top-p samplers is checked against the filters' definitions instead.
+    # name would score best and teach nothing) nor on variety alone (in the default run no
+    # filter at all gives 50 distinct names of 50, and a filter that keeps the five least
+    # likely tokens 37): every step of the top-k and top-p samplers is checked against the
+    # filters' definitions instead.
     # Speculative sampling draws more names than the others because its acceptance
     # statistics need many rounds; the first 50 of them are no different from the rest.
     empty = (bos,)
