@@ -15,15 +15,19 @@ and it watches the plain run with early stopping, the regulariser that costs not
 the checkpoint where the validation loss was lowest, and stop once it has not improved for a
 few evaluations. The names come in three disjoint sets: 300 to train on, 500 validation
 names that the curves and early stopping watch, and 2,000 held-out names that no run and no
-choice ever sees until the end. Every criterion is measured on the held-out names, beside a
-bigram table and an untrained network, so a regulariser only passes if it makes the network
-better at new names, not merely worse at old ones.
+choice ever sees until the end. Every loss the criteria compare between methods is measured
+on the held-out names, beside a bigram table and an untrained network, so a regulariser only
+passes if it makes the network better at new names, not merely worse at old ones. The gaps
+subtract each run's loss on its training names, early stopping is judged on the validation
+names it watches, and two rows check the mechanics: each unit's mean dropout factor over the
+masks the run drew, and that early stopping did stop early.
 
 Signpost: the runs here are in the regime where regularisation matters most, a big model and
 little data seen many times over. Large language-model pretraining is the opposite regime
 (most of the text is seen once or a few times), and it often uses little or no dropout:
-nanoGPT's training script defaults to dropout 0.0 for pretraining, while GPT-2's published
-configuration uses 0.1. Weight decay, on the other hand, is almost everywhere, through AdamW.
+nanoGPT's training script defaults to dropout 0.0 for pretraining, and OpenAI's released GPT-2
+code has no dropout layer at all (the 0.1 often quoted for GPT-2 is the default of Hugging
+Face's GPT2Config). Weight decay, on the other hand, is almost everywhere, through AdamW.
 
 Run: python alignment/microdropout.py    (about 25 s on the 2-core CI machine)
 """
@@ -54,7 +58,6 @@ DROPOUT_P = 0.3      # probability that a hidden unit is switched off for one ex
 WEIGHT_DECAY = 0.5   # AdamW's lambda: each step multiplies a weight by 1 - lr * lambda = 0.995
 EVAL_EVERY = 20      # steps between two evaluations (training and validation loss)
 PATIENCE = 3         # early stopping gives up after this many evaluations without a new best
-MASK_SAMPLES = 2000  # dropout masks averaged to show that train mode matches eval mode on average
 
 # === DATA ===
 # Every no-magic script shares one download cache, so names.txt is fetched once.
@@ -557,6 +560,9 @@ def adam_step(params, decays, moments, t, weight_decay, decoupled=True):
 # order (both drawn once in main()), so any difference between the runs is the regulariser's.
 # Every EVAL_EVERY steps the run measures, in eval mode, its loss on all the training names
 # and on the validation names, and keeps a copy of its weights (a checkpoint).
+# A dropout run also adds up, per hidden unit, the factor each training example's mask gave
+# it (1/(1 - p) if kept, 0 if dropped): averaged over the run, every unit's factor should be
+# close to 1, which is what lets eval mode use the network unscaled (main() checks it).
 
 
 def train_run(label, model, params, decays, start_weights, batches, train_pairs, eval_sets,
@@ -566,12 +572,17 @@ def train_run(label, model, params, decays, start_weights, batches, train_pairs,
     moments = ([0.0] * len(params), [0.0] * len(params))
     scale = 1.0 / (1.0 - dropout_p)
     curve, checkpoints = {"step": [], "train": [], "valid": []}, {}
+    factor_sums, masks_drawn = [0.0] * HIDDEN, 0
     batch_losses, start = [], time.time()
     for step in range(1, NUM_STEPS + 1):
         batch_hidden, targets = [], []
         for index in batches[step - 1]:
             context, target = train_pairs[index]
             kept = draw_mask(dropout_p) if dropout_p else None
+            if kept is not None:
+                masks_drawn += 1
+                for j in kept:
+                    factor_sums[j] += scale
             batch_hidden.append(hidden_layer(model, context, kept, scale))
             targets.append(target)
         loss = head_loss(model["w2"], batch_hidden, targets)   # mean of -log p(target)
@@ -591,7 +602,8 @@ def train_run(label, model, params, decays, start_weights, batches, train_pairs,
             print(f"{label:<12} step {step:4d}/{NUM_STEPS} | batch loss "
                   f"{sum(recent) / len(recent):.3f} | train {curve['train'][-1]:.3f} | "
                   f"valid {curve['valid'][-1]:.3f} | {time.time() - start:.1f}s")
-    return curve, checkpoints
+    factors = [total / masks_drawn for total in factor_sums] if masks_drawn else None
+    return curve, checkpoints, factors
 
 
 # === EARLY STOPPING: REGULARISATION BY THE CLOCK ===
@@ -694,24 +706,27 @@ def decay_demo():
     return shrunk
 
 
-def activation_means(weights, grouped, p):
-    """Mean |hidden activation| over contexts: eval mode, train mode averaged over masks."""
-    # Masks do not depend on the input, so averaging over MASK_SAMPLES masks gives each unit
-    # one factor, (share of masks that kept it) / (1 - p), close to 1 since the share is
-    # close to 1 - p. Without the rescale the factor is the share itself, about 0.7.
-    kept_counts = [0] * HIDDEN
-    for _ in range(MASK_SAMPLES):
-        for j in draw_mask(p):
-            kept_counts[j] += 1
-    keep_share = [count / MASK_SAMPLES for count in kept_counts]
+def activation_means(weights, grouped, factors, p):
+    """Mean |hidden activation| over contexts: eval mode, and train mode averaged over the
+    masks the training run drew (each unit times its mean factor), with and without the
+    1/(1 - p) rescale."""
+    # Masks do not depend on the input, so averaged over the run's masks train mode gives
+    # unit j the output factors[j] * h_j: the same as eval mode if factors[j] is 1.
     eval_sum = train_sum = unscaled_sum = 0.0
     for context, _ in grouped[0]:
         hidden = [abs(h) for h in float_hidden(weights, context)]
         eval_sum += sum(hidden)
-        train_sum += sum(k / (1.0 - p) * h for k, h in zip(keep_share, hidden))
-        unscaled_sum += sum(k * h for k, h in zip(keep_share, hidden))
+        train_sum += sum(f * h for f, h in zip(factors, hidden))
+        unscaled_sum += sum(f * (1.0 - p) * h for f, h in zip(factors, hidden))
     n = len(grouped[0]) * HIDDEN
-    return eval_sum / n, train_sum / n, unscaled_sum / n, sum(keep_share) / HIDDEN
+    return eval_sum / n, train_sum / n, unscaled_sum / n
+
+
+def worst_unit_mismatch(factors):
+    """Largest |factor - 1| over the hidden units; NaN if any factor is not finite."""
+    if not all(math.isfinite(f) for f in factors):
+        return math.nan
+    return max(abs(f - 1.0) for f in factors)
 
 
 # === SUCCESS CRITERIA ===
@@ -732,6 +747,8 @@ CRITERIA = [
     ("early stopping: validation regret", "early_stop_regret", "<", 0.01),
     ("held-out loss, early stopped vs plain at the end", "early_stopped_heldout_loss", "<",
      "plain_heldout_loss"),
+    ("early stopping: steps saved (it stopped)", "early_stop_steps_saved", ">", 0),
+    ("dropout: worst unit's train/eval mean factor - 1", "dropout_unit_mismatch", "<", 0.05),
 ]
 COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
            "==": operator.eq}
@@ -801,7 +818,7 @@ def main():
                                 train_pairs, eval_sets, dropout_p, weight_decay)
 
     # --- the curves ---
-    curves = {label: curve for label, (curve, _) in runs.items()}
+    curves = {label: curve for label, (curve, _, _) in runs.items()}
     steps = curves["plain"]["step"]
     symbols = (("plain", "P"), ("dropout", "D"), ("weight decay", "W"))
     for part, title in (("train", "training names"), ("valid", "validation names")):
@@ -812,27 +829,33 @@ def main():
     # --- early stopping on the plain run ---
     # The regret is what early stopping loses against an oracle that knew the whole curve.
     # Restoring matters: the weights at the stopping step have already drifted past the best.
+    # And it must stop: with a patience longer than the run it would train every step and
+    # then pick the best checkpoint, which is checkpoint selection, not early stopping (its
+    # regret would be 0 by construction). The steps it saves are a criterion.
     plain = curves["plain"]
-    stopped_at, restored = early_stop(plain, PATIENCE)
-    stopped_at = stopped_at or NUM_STEPS
+    stop_step, restored = early_stop(plain, PATIENCE)   # stop_step None: it never stopped
+    stopped_at = stop_step or NUM_STEPS
+    steps_saved = NUM_STEPS - stopped_at
     restored_valid = plain["valid"][steps.index(restored)]
     lowest = min(plain["valid"])
     regret = restored_valid - lowest
     stop_valid = plain["valid"][steps.index(stopped_at)]
-    print(f"\nEarly stopping (patience {PATIENCE}) on the plain run stops at step {stopped_at}"
-          f" (validation {stop_valid:.3f})\nand restores the checkpoint of step {restored} "
-          f"(validation {restored_valid:.3f}); the lowest validation loss of the\nwhole run is "
-          f"{lowest:.3f}, at step {steps[plain['valid'].index(lowest)]}. Other patiences "
-          f"would restore:")
+    stops = (f"stops at step {stopped_at} of {NUM_STEPS}" if stop_step else
+             f"never stops: patience never runs out within {NUM_STEPS} steps")
+    print(f"\nEarly stopping (patience {PATIENCE}) on the plain run {stops} (validation "
+          f"{stop_valid:.3f})\nand restores the checkpoint of step "
+          f"{restored} (validation {restored_valid:.3f}); the lowest validation loss of the\n"
+          f"whole run is {lowest:.3f}, at step {steps[plain['valid'].index(lowest)]}. Other "
+          f"patiences would restore:")
     choices = [str(early_stop(plain, patience)[1]) for patience in range(1, 6)]
     print("  patience 1 to 5: steps " + ", ".join(choices))
 
-    # --- the measurements every criterion uses: eval mode, on the held-out names ---
+    # --- the losses the criteria compare: eval mode, on the training and held-out names ---
     # The untrained row is the warning: its gap is 0, because it is equally bad everywhere.
     # A small gap alone proves nothing; the held-out loss must also go down.
     results = {}
     print(f"\n{'':<16}{'train':>8}{'held-out':>10}{'gap':>8}")
-    finals = [(label, checkpoints[NUM_STEPS]) for label, (_, checkpoints) in runs.items()]
+    finals = [(label, checkpoints[NUM_STEPS]) for label, (_, checkpoints, _) in runs.items()]
     finals.append(("early stopped", runs["plain"][1][restored]))
     finals.append(("untrained", untrained))
     for label, weights in finals:
@@ -846,14 +869,22 @@ def main():
           f"{bigram:10.3f}")
 
     # --- train mode and eval mode see the same hidden layer on average ---
-    eval_mean, train_mean, unscaled_mean, kept_share = activation_means(
-        runs["dropout"][1][NUM_STEPS], eval_sets["valid"], DROPOUT_P)
-    print("\nDropout run, mean |hidden activation| over the validation contexts:")
+    # Over the masks the dropout run drew (one per training example, 9,600 in all), each
+    # unit's mean factor should be 1: kept in a share 1 - p of them, times 1/(1 - p). With
+    # 9,600 masks a unit's share has a standard deviation of sqrt(0.7 * 0.3 / 9600) = 0.0047,
+    # so the worst of 48 units is off by about 0.02. One mask reused for every example gives
+    # factors of 1/(1 - p) and 0 (off by 0.43 and 1); no rescale gives about 0.7 (off by 0.3).
+    factors = runs["dropout"][2]
+    eval_mean, train_mean, unscaled_mean = activation_means(
+        runs["dropout"][1][NUM_STEPS], eval_sets["valid"], factors, DROPOUT_P)
+    mismatch = worst_unit_mismatch(factors)
+    print(f"\nDropout run, mean |hidden activation| over the validation contexts:")
     for label, value in (("eval mode (all units on, nothing rescaled)", eval_mean),
-                         (f"train mode, averaged over {MASK_SAMPLES} masks", train_mean),
+                         ("train mode, averaged over the run's masks", train_mean),
                          ("train mode without the 1/(1 - p) rescale", unscaled_mean)):
         print(f"  {label:<44} {value:.4f}")
-    print(f"  (share of units the masks kept: {kept_share:.3f})")
+    print(f"  (each unit's mean factor over the run's masks: {min(factors):.3f} to "
+          f"{max(factors):.3f}, worst unit off by {mismatch:.3f})")
 
     # --- why AdamW decouples the decay ---
     shrunk = decay_demo()
@@ -865,6 +896,8 @@ def main():
     results.update({
         "early_stop_regret": regret,
         "early_stop_step": stopped_at,
+        "early_stop_steps_saved": steps_saved,
+        "dropout_unit_mismatch": mismatch,
         "early_stop_restored_step": restored,
         "early_stop_regret_without_restore": stop_valid - lowest,
         "bigram_heldout_loss": bigram,

@@ -40,7 +40,7 @@ QUICK_SETTINGS = {
     "microreinforce": {"PRETRAIN_STEPS": 20, "NUM_STEPS": 2, "BATCH_SIZE": 4,
                        "VARIANCE_BATCHES": 3, "EVAL_SAMPLES": 20, "HELDOUT_NAMES": 20},
     "microdropout": {"NUM_STEPS": 6, "EVAL_EVERY": 2, "BATCH_SIZE": 8, "TRAIN_NAMES": 30,
-                     "VALID_NAMES": 20, "HELDOUT_NAMES": 50, "MASK_SAMPLES": 20},
+                     "VALID_NAMES": 20, "HELDOUT_NAMES": 50},
     "microlora": {"NUM_STEPS": 3, "ADAPT_STEPS": 2, "HELDOUT_NAMES": 12, "MERGE_CHECK_NAMES": 2,
                   "NUM_SAMPLES": 2, "SWEEP_RANKS": (1, 2)},
     "microppo": {"PRETRAIN_STEPS": 20, "RM_PAIRS": 100, "HELDOUT_PAIRS": 20, "RM_EPOCHS": 1,

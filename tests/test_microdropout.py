@@ -163,12 +163,43 @@ def test_inverted_dropout_keeps_the_expected_activation():
 
 def test_activation_means_match_between_train_and_eval_mode():
     model, _, _ = small_model(seed=3)
-    random.seed(9)
     grouped = md.group_by_context(list(zip(CONTEXTS, TARGETS)))
-    eval_mean, train_mean, unscaled, kept = md.activation_means(md.snapshot(model), grouped, 0.3)
-    assert train_mean == pytest.approx(eval_mean, rel=0.03)
-    assert unscaled == pytest.approx(kept * eval_mean, rel=0.03)
-    assert kept == pytest.approx(0.7, abs=0.01)
+    weights = md.snapshot(model)
+    # every unit's mean factor 1: train mode on average is eval mode; without the rescale 0.7
+    eval_mean, train_mean, unscaled = md.activation_means(weights, grouped, [1.0] * md.HIDDEN,
+                                                          0.3)
+    assert train_mean == pytest.approx(eval_mean, rel=1e-12)
+    assert unscaled == pytest.approx(0.7 * eval_mean, rel=1e-12)
+    # one mask for every example: its kept units count 1/0.7 times, the others not at all
+    mask = set(range(0, md.HIDDEN, 2))
+    factors = [1 / 0.7 if j in mask else 0.0 for j in range(md.HIDDEN)]
+    _, train_mean, _ = md.activation_means(weights, grouped, factors, 0.3)
+    assert train_mean != pytest.approx(eval_mean, rel=0.01)
+
+
+def test_worst_unit_mismatch():
+    assert md.worst_unit_mismatch([1.0, 1.02, 0.97]) == pytest.approx(0.03)
+    assert md.worst_unit_mismatch([1 / 0.7, 0.0]) == 1.0
+    assert math.isnan(md.worst_unit_mismatch([1.0, float("nan"), 1.0]))
+
+
+def test_train_run_records_one_fresh_mask_per_example(monkeypatch):
+    # A dropout run's mean factor per unit comes from the masks it drew: close to 1 for a
+    # fresh mask per example, and exactly 1 (no masks) for a run without dropout.
+    monkeypatch.setattr(md, "NUM_STEPS", 40)
+    monkeypatch.setattr(md, "EVAL_EVERY", 40)
+    random.seed(11)
+    model, params, decays = md.init_model(27)
+    pairs = list(zip(CONTEXTS, TARGETS))
+    eval_sets = {"train": md.group_by_context(pairs), "valid": md.group_by_context(pairs)}
+    batches = [[random.randrange(len(pairs)) for _ in range(32)] for _ in range(40)]
+    start = [p.data for p in params]
+    _, _, factors = md.train_run("t", model, params, decays, start, batches, pairs, eval_sets,
+                                 dropout_p=0.3)
+    assert md.worst_unit_mismatch(factors) < 0.15    # 1,280 masks: std 0.018 per unit
+    assert sum(factors) / md.HIDDEN == pytest.approx(1.0, abs=0.02)
+    _, _, none = md.train_run("t", model, params, decays, start, batches, pairs, eval_sets)
+    assert none is None
 
 
 def test_adam_and_adamw_update_by_hand():

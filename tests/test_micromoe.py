@@ -167,3 +167,22 @@ def test_bigram_table_loss_by_hand():
     heldout = [((1, 1, 1), 0), ((1, 1, 0), 0), ((1, 0, 0), 1)]
     expected = -(math.log(0.75) + math.log(0.25) + math.log(0.75)) / 3
     assert moe.bigram_heldout_loss(train, heldout, 2) == pytest.approx(expected, rel=1e-12)
+
+
+def test_heldout_balance_loss_by_hand(small):
+    # evaluate()'s balance is N * sum_i f_i P_i over all the examples at once: f_i the share
+    # of top-k assignments, P_i the mean full router probability (here recomputed by hand).
+    model, batch = small
+    itos = {i: str(i) for i in range(6)}
+    n, counts, prob_sums = len(batch), [0] * moe.N_EXPERTS, [0.0] * moe.N_EXPERTS
+    for context, _ in batch:
+        x = [v for c in context for v in model["embed"][c]]
+        scores = [sum(w * xi for w, xi in zip(row, x)) for row in model["router"]]
+        exps = [math.exp(z) for z in scores]
+        for i, e in enumerate(exps):
+            prob_sums[i] += e / sum(exps)
+        for e in sorted(range(moe.N_EXPERTS), key=lambda i: -scores[i])[:moe.TOP_K]:
+            counts[e] += 1
+    expected = moe.N_EXPERTS * sum(c / (n * moe.TOP_K) * p / n
+                                   for c, p in zip(counts, prob_sums))
+    assert moe.evaluate(model, batch, itos)["balance"] == pytest.approx(expected, rel=1e-12)
