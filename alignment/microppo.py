@@ -761,7 +761,7 @@ def surrogate_loss(model, batch, advantages, clip_eps=None):
 # times it from the name's reward puts the penalty into the return. The same expectation is
 # sum_t KL(pi_old(. | s_t) || pi_ref(. | s_t)) over the sampled prefixes (at each one, the
 # sampled log-ratio averages to that prefix's exact KL), and the rollout records that sum: the
-# kl_estimate_gap criterion compares the two over the main run's 240 names.
+# kl_estimate_gap_se criterion compares the two over the main run's 240 names.
 # Signpost: InstructGPT-style RLHF (and TRL's PPO trainer) subtract the penalty per token,
 # -beta * (log pi - log pi_ref) at every position, with the reward model's score added at the
 # last one. With gamma = 1 the return from the first token is then the same sum as here, but
