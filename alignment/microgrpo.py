@@ -617,9 +617,12 @@ def group_advantages(rewards):
 # (the run prints the share, 0.00%, and the largest |ratio - 1|, 0.185: close, not past).
 # Plainly: in this run the clip does nothing. With CLIP_EPS = 1e9 every number it prints
 # is the same, and no criterion can tell the clip from its absence. It binds at a larger
-# step (at RL_LR = 0.03, 3.4% of the second step's tokens were clipped); what it holds back
-# when it binds is measured in alignment/microppo.py, which runs 10 epochs on one batch with
-# and without it.
+# step: at RL_LR = 0.03, 3.4% of the second step's tokens were clipped, and against the
+# same run without the clip the largest |ratio - 1| was 2.18 vs 3.22, the KL per token over
+# the last 13 steps 1.21 vs 1.62, the distinct share 0.55 vs 0.44. That is one pair of runs
+# (seed 42), whose draws part after the first clipped step: an example, not a measured
+# effect. alignment/microppo.py measures what the clip holds back, on one batch optimised
+# for 10 epochs with and without it.
 # TRL's GRPOTrainer implements this loss (with Dr. GRPO's variant as an option) and
 # generates many sequences in parallel on GPUs, optionally through vLLM; this loop samples
 # one name at a time on plain floats.
