@@ -530,18 +530,28 @@ def checker_reward(tokens, end, itos, real_names):
 # For one prompt q, sample G completions o_1..o_G and score them r_1..r_G. The advantage of
 # every token of o_i is its completion's standing within the group:
 #     A_i = (r_i - mean(r)) / (std(r) + eps)
-# Subtracting the mean is the baseline of REINFORCE (see alignment/microreinforce.py):
-# it leaves the expected gradient unchanged and shrinks its noise. Here it also
-# adapts to each prompt's difficulty for free. With binary rewards and k of G accepted
-# (p = k/G), mean = p and std = sqrt(p(1 - p)), so an accepted name gets
-# A = sqrt((1 - p)/p) and a rejected one -sqrt(p/(1 - p)): one success in a group of 8
-# scores +2.65, a lone failure among 7 successes -2.65. The rare outcome moves the policy
-# most, whichever way it points, and a hard letter (few real names start with x) is pushed
-# as hard as an easy one. When every r_i is equal (all 0 for a letter the policy cannot
-# complete yet, or all 1), every A_i is 0: the group carries no signal at all, and only the
-# KL term below acts on it. Dividing by the std is a choice: Dr. GRPO (Liu et al., 2025)
-# argues it tilts training toward prompts that are nearly always or nearly never solved,
-# and drops it along with the 1/|o_i| length normalisation below.
+# Subtracting the mean is a baseline, as in REINFORCE (see alignment/microreinforce.py),
+# with one difference: the group mean includes r_i itself. Since
+#     r_i - mean(r) = (G - 1)/G * (r_i - mean of the other G - 1 rewards)
+# and the mean of the others does not depend on o_i (a true baseline: no bias), the expected
+# gradient keeps its direction and is scaled by (G - 1)/G = 7/8, the same shrinkage
+# microreinforce measures for its batch-mean baseline. The baseline follows each prompt's
+# difficulty for free. Dividing by the group's std is not a baseline: it multiplies each
+# group's whole contribution by 1/(std + eps), so prompts are reweighted and the expected
+# update is no longer the gradient of the expected reward. (With this checker's 0/1
+# rewards, and leaving aside the 1/|o_i| averaging below, each prompt's expected push is
+# still a non-negative multiple of the gradient of its acceptance rate: whatever the other
+# names scored, an accepted name's advantage is at least a rejected one's.)
+# With binary rewards and k of G accepted (p = k/G), mean = p and std = sqrt(p(1 - p)), so
+# an accepted name gets A = sqrt((1 - p)/p) and a rejected one -sqrt(p/(1 - p)): one
+# success in a group of 8 scores +2.65, a lone failure among 7 successes -2.65. The rare
+# outcome moves the policy most, whichever way it points, and a hard letter (few real names
+# start with x) is pushed as hard as an easy one. When every r_i is equal (all 0 for a
+# letter the policy cannot complete yet, or all 1), every A_i is 0: the group carries no
+# signal at all, and only the KL term below acts on it. Dividing by the std is a choice:
+# Dr. GRPO (Liu et al., 2025) argues it tilts training toward prompts that are nearly
+# always or nearly never solved, and drops it along with the 1/|o_i| length normalisation
+# below.
 
 
 def group_advantages(rewards):
@@ -561,14 +571,23 @@ def group_advantages(rewards):
 # Where the first term comes from. We want the gradient of the expected reward under
 # pi_theta, but the completions were sampled from pi_old (the policy at the start of this
 # step), and we take INNER_EPOCHS gradient steps on them. Importance weighting corrects for
-# that: per token, E_{pi_old}[rho * A] = E_{pi_theta}[A]. Its gradient is
+# that, one token at a time: at a fixed prefix, with the next token a drawn from pi_old,
+# E[rho * f(a)] = E_{a ~ pi_theta}[f(a)] for any f. Only that token's distribution is
+# corrected; the prefix before it and the tokens after it were still drawn from pi_old, so
+# the sum of rho * A over a completion is not the expected advantage of whole completions
+# under pi_theta. The two agree at theta = theta_old and part as theta moves, one more
+# reason to keep theta near theta_old. Its gradient is
 #     d(rho * A)/d theta = A * rho * d log pi_theta / d theta
-# which, on the first inner step (theta = theta_old, so rho = 1), is exactly the policy
-# gradient A * grad log pi with the group's baseline, averaged over tokens. The clip and the
-# min form a pessimistic bound: once rho has moved eps past 1 in the direction A favours
-# (above 1 + eps for A > 0, below 1 - eps for A < 0), the term is the constant clipped value
-# and its gradient is 0, so the later inner steps cannot run away on a few samples. Moves in
-# the unfavourable direction are never clipped. The run prints how many tokens were clipped.
+# which, on the first inner step (theta = theta_old, so rho = 1), is A * grad log pi per
+# token, with the group's baseline. Summed over a completion's tokens that is the policy
+# gradient term A_i * grad log pi(o_i), but the objective divides it by |o_i|: a long
+# completion counts for less than a short one with the same advantage, so the update is the
+# policy gradient of the expected reward only up to these per-completion weights (one more
+# thing Dr. GRPO removes). The clip and the min form a pessimistic bound: once rho has moved
+# eps past 1 in the direction A favours (above 1 + eps for A > 0, below 1 - eps for A < 0),
+# the term is the constant clipped value and its gradient is 0, so the later inner steps
+# cannot run away on a few samples. Moves in the unfavourable direction are never clipped.
+# The run prints how many tokens were clipped.
 #
 # Where the second term comes from. The anchor is KL(pi_theta || pi_ref) = E_pi[log pi /
 # pi_ref], estimated on the sampled tokens by (with u = pi_ref / pi_theta)
@@ -595,8 +614,15 @@ def group_advantages(rewards):
 # Signposts: DeepSeekMath samples G = 64 outputs per question and takes one gradient step
 # per batch (mu = 1), so rho = 1 and the clip never binds there; INNER_EPOCHS = 2 here
 # lets it act on the second step, but at RL_LR = 0.003 no token got that far in our run
-# (the run prints the share, 0.00%, and the largest |ratio - 1|, 0.185: close, not past);
-# at RL_LR = 0.03, 3.4% of them did.
+# (the run prints the share, 0.00%, and the largest |ratio - 1|, 0.185: close, not past).
+# Plainly: in this run the clip does nothing. With CLIP_EPS = 1e9 every number it prints
+# is the same, and no criterion can tell the clip from its absence. It binds at a larger
+# step: at RL_LR = 0.03, 3.4% of the second step's tokens were clipped, and against the
+# same run without the clip the largest |ratio - 1| was 2.18 vs 3.22, the KL per token over
+# the last 13 steps 1.21 vs 1.62, the distinct share 0.55 vs 0.44. That is one pair of runs
+# (seed 42), whose draws part after the first clipped step: an example, not a measured
+# effect. alignment/microppo.py measures what the clip holds back, on one batch optimised
+# for 10 epochs with and without it.
 # TRL's GRPOTrainer implements this loss (with Dr. GRPO's variant as an option) and
 # generates many sequences in parallel on GPUs, optionally through vLLM; this loop samples
 # one name at a time on plain floats.
@@ -644,7 +670,8 @@ def mean_token_kl(batch):
 # and fine-tune on them by maximum likelihood,
 #     L = -1/K sum_{accepted i} 1/|o_i| sum_t log pi(o_it)          (K accepted of N)
 # Its gradient is a policy gradient with advantage 1 for an accepted name and 0 for a
-# rejected one, divided by the share accepted (K/N): no baseline, no push away from failures,
+# rejected one, each name's term divided by its length |o_i| (as in GRPO's objective) and
+# the whole divided by the share accepted (K/N): no baseline, no push away from failures,
 # no clip and no anchor to the reference. A step where nothing passes teaches nothing.
 # (Rejection-sampling fine-tuning, STaR and ReST are variations on this loop.)
 

@@ -610,6 +610,9 @@ def pair_accuracy(rm, pairs):
 # policy, and the frozen reference runs alongside on the same tokens. We keep, per action,
 #     old_logp_t = log pi_old(a_t | s_t)   (the policy that sampled, fixed for this batch)
 #     ref_logp_t = log pi_ref(a_t | s_t)   (the pretrained model, fixed for the whole run)
+# and, since both models' whole next-token distributions are at hand anyway, the exact KL
+# between them at that prefix, sum_j pi_old(j | s_t) (log pi_old(j | s_t) - log pi_ref(j | s_t))
+# (27 terms), the reference that the sampled KL estimate below is checked against.
 # Signpost: production RLHF samples whole batches of completions at once, vectorised on
 # GPUs; here each name is drawn one token at a time in plain Python.
 
@@ -618,22 +621,24 @@ def rollout(policy, reference, first_letter):
     tokens = [BOS, STOI[first_letter]]
     caches = {id(m): ([[] for _ in range(N_LAYER)], [[] for _ in range(N_LAYER)])
               for m in (policy, reference)}
-    old_logps, ref_logps = [], []
+    old_logps, ref_logps, exact_kls = [], [], []
     for pos in range(BLOCK_SIZE):
         # (when the policy is the reference itself, one forward pass serves both)
         logps = {id(m): log_softmax_floats(gpt_step(m, tokens[pos], pos, *caches[id(m)]))
                  for m in {id(policy): policy, id(reference): reference}.values()}
         if pos == 0:
             continue   # the first letter is the prompt: given, not sampled
-        policy_logps = logps[id(policy)]
+        policy_logps, reference_logps = logps[id(policy)], logps[id(reference)]
         action = random.choices(range(VOCAB_SIZE), weights=[math.exp(lp) for lp in policy_logps])[0]
         old_logps.append(policy_logps[action])
-        ref_logps.append(logps[id(reference)][action])
+        ref_logps.append(reference_logps[action])
+        exact_kls.append(sum(math.exp(p) * (p - q)
+                             for p, q in zip(policy_logps, reference_logps)))
         tokens.append(action)
         if action == BOS or len(tokens) - 1 == MAX_LETTERS:
             break
     return {"tokens": tokens, "old_logps": old_logps, "ref_logps": ref_logps,
-            "name": decode(tokens)}
+            "exact_kl": sum(exact_kls), "name": decode(tokens)}
 
 
 # === STAGE 3b: THE VALUE HEAD ===
@@ -751,11 +756,19 @@ def surrogate_loss(model, batch, advantages, clip_eps=None):
 # therefore maximises reward minus beta * KL(pi || pi_ref). For one sampled name,
 #     sum_t (log pi(a_t|s_t) - log pi_ref(a_t|s_t))
 # is an unbiased estimate of the KL between the two models' distributions over whole names
-# (one name's estimate can be negative, as early points on the KL curves are; its mean cannot);
-# subtracting KL_COEF times it from the name's reward puts the penalty into the return.
+# (one name's estimate can be negative, and so can a mean over the 8 names of a step, as the
+# early points on the KL curves are; its expectation cannot, being a KL). Subtracting KL_COEF
+# times it from the name's reward puts the penalty into the return. The same expectation is
+# sum_t KL(pi_old(. | s_t) || pi_ref(. | s_t)) over the sampled prefixes (at each one, the
+# sampled log-ratio averages to that prefix's exact KL), and the rollout records that sum: the
+# kl_estimate_gap_se criterion compares the two over the main run's 240 names.
 # Signpost: InstructGPT-style RLHF (and TRL's PPO trainer) subtract the penalty per token,
 # -beta * (log pi - log pi_ref) at every position, with the reward model's score added at the
-# last one; with gamma = 1 the return from the first token is the same sum.
+# last one. With gamma = 1 the return from the first token is then the same sum as here, but
+# only from the first: the return from a later token t sums the penalties of tokens t onward,
+# while here every token's return carries the whole name's penalty. The extra part, the
+# penalties of the tokens before t, is fixed once s_t is, so it shifts a_t's return by a
+# baseline that depends on the state only: more noise in the gradient, no bias.
 # What the penalty buys, in our run: with KL_COEF = 0.05 the policy ends 3.5 nats per name
 # from the reference and 98.5% of its names are longer than 6 letters (mean length 7.94 of
 # at most 8: almost every name runs to the cap); with 0.5 it ends 1.5 nats away, with 89%
@@ -766,6 +779,7 @@ def collect_batch(policy, head, reference, rm, names, kl_coef):
     """Sample BATCH_SIZE names, score them, and give every action its advantage."""
     batch = [rollout(policy, reference, random.choice(names)[0]) for _ in range(BATCH_SIZE)]
     scores, kls, advantages, states, returns = [], [], [], [], []
+    exact_kls = [sample["exact_kl"] for sample in batch]
     for sample in batch:
         score = reward_forward(rm, sample["name"])[0]
         kl = sum(o - r for o, r in zip(sample["old_logps"], sample["ref_logps"]))
@@ -787,13 +801,35 @@ def collect_batch(policy, head, reference, rm, names, kl_coef):
     sd = math.sqrt(avg([(a - mu) ** 2 for a in every])) + 1e-8
     advantages = [[(a - mu) / sd for a in advs] for advs in advantages]
     return {"batch": batch, "advantages": advantages, "states": states, "returns": returns,
-            "scores": scores, "kls": kls}
+            "scores": scores, "kls": kls, "exact_kls": exact_kls}
+
+
+# Did the update do what PPO's objective asks? After the epochs on a batch, the new policy's
+# importance-weighted advantage over the batch's actions,
+#     mean_t (pi_new(a_t | s_t) / pi_old(a_t | s_t)) * A_t
+# is recomputed here on plain floats, straight from the formula (a fresh forward pass of the
+# new weights; nothing from surrogate_loss() is reused). Before the update every ratio is 1
+# and the whitened advantages average to 0, so it starts at 0; an update that makes good
+# actions likelier and bad ones rarer raises it. (The surrogate loss falling within an
+# update says less: a loss with the wrong sign falls too, while the policy moves the wrong
+# way.)
+
+
+def importance_weighted_advantage(new_policy, batch, advantages):
+    terms = []
+    for sample, advs in zip(batch, advantages):
+        tokens = sample["tokens"]
+        for z, action, old_logp, a in zip(token_logits(new_policy, tokens[:-1])[1:], tokens[2:],
+                                          sample["old_logps"], advs):
+            terms.append(math.exp(log_softmax_floats(z)[action] - old_logp) * a)
+    return avg(terms)
 
 
 def ppo_step(model, params, adam, head, reference, rm, names, kl_coef):
     collected = collect_batch(frozen(model), head, reference, rm, names, kl_coef)
     batch, advantages = collected["batch"], collected["advantages"]
-    states, returns, scores, kls = (collected[k] for k in ("states", "returns", "scores", "kls"))
+    states, returns, scores, kls, exact_kls = (
+        collected[k] for k in ("states", "returns", "scores", "kls", "exact_kls"))
     epoch_losses, clip_fractions = [], []
     for epoch in range(PPO_EPOCHS):
         loss, clip_fraction = surrogate_loss(model, batch, advantages)
@@ -806,6 +842,8 @@ def ppo_step(model, params, adam, head, reference, rm, names, kl_coef):
         head["w"] = [w - VALUE_LR * g for w, g in zip(head["w"], grad_w)]
         head["b"] -= VALUE_LR * grad_b
     return {"reward": sum(scores) / len(scores), "kl": sum(kls) / len(kls),
+            "kl_exact": sum(exact_kls) / len(exact_kls),
+            "surrogate_gain": importance_weighted_advantage(frozen(model), batch, advantages),
             # the first epoch's ratios are all exactly 1, so only later epochs can clip
             "clip_fraction": sum(clip_fractions[1:]) / max(1, len(clip_fractions) - 1),
             "surrogate_improvement": epoch_losses[0] - epoch_losses[-1],
@@ -817,8 +855,8 @@ def run_ppo(pretrained, reference, rm, names, kl_coef, start):
     params = parameters(model)
     adam = adam_state(len(params))
     head = {"w": [0.0] * (MAX_LETTERS + 2 * len(LETTERS)), "b": 0.0}
-    history = {key: [] for key in ("reward", "kl", "clip_fraction", "surrogate_improvement",
-                                   "value_loss")}
+    history = {key: [] for key in ("reward", "kl", "kl_exact", "clip_fraction",
+                                   "surrogate_improvement", "surrogate_gain", "value_loss")}
     print(f"\nPPO with KL coefficient {kl_coef}:")
     for step in range(NUM_STEPS):
         for key, value in ppo_step(model, params, adam, head, reference, rm, names,
@@ -948,8 +986,8 @@ def show_names(title, names):
 CRITERIA = [
     ("reward model: held-out pairs ordered correctly", "reward_model_accuracy", ">", 0.95),
     ("share of names > 6 letters, after PPO - before", "preferred_share_gain", ">", 0.4),
-    ("surrogate loss, first epoch - last, mean/update", "surrogate_improvement", ">", 0.0),
-    ("KL per name, last steps vs first steps", "kl_final", ">", "kl_early"),
+    ("mean ratio * advantage after each update (0 before)", "surrogate_gain", ">", 0.01),
+    ("KL/name, sampled estimate - exact, in std errors", "kl_estimate_gap_se", "<", 3.0),
     ("final KL, 10x KL coefficient vs main run", "kl_final_high_coef", "<", "kl_final"),
     ("KL moved by 10 epochs on one batch, clip vs none", "demo_kl_clipped", "<",
      "demo_kl_unclipped"),
@@ -1047,6 +1085,14 @@ def main():
 
     window = KL_WINDOW
     kl_early, kl_final = avg(history["kl"][:window]), avg(history["kl"][-window:])
+    kl_sampled, kl_exact = avg(history["kl"]), avg(history["kl_exact"])
+    # Both have the same expectation at every step, so the step-by-step differences average
+    # to 0 up to noise: their mean is measured in units of its standard error.
+    kl_diffs = [s - e for s, e in zip(history["kl"], history["kl_exact"])]
+    kl_diff_se = math.sqrt(avg([(d - avg(kl_diffs)) ** 2 for d in kl_diffs])
+                           / max(1, len(kl_diffs) - 1))
+    kl_gap_se = (abs(avg(kl_diffs)) / kl_diff_se if kl_diff_se > 0
+                 else 0.0 if avg(kl_diffs) == 0 else math.inf)
     kl_final_high = avg(history_high["kl"][-window:])
     print(f"\n{'policy':<22} {'reward':>8} {'KL/name':>8} {'> 6 letters':>12} {'length':>7} "
           f"{'clip frac':>10}")
@@ -1060,6 +1106,12 @@ def main():
           f"the first / last {window} steps: {kl_early:.3f} / {kl_final:.3f} at coef {KL_COEF},"
           f" {avg(history_high['kl'][:window]):.3f} / {kl_final_high:.3f} at {KL_COEF_HIGH})")
 
+    print(f"KL per name over all {NUM_STEPS * BATCH_SIZE} names the main run sampled: the "
+          f"estimate in the penalty {kl_sampled:.3f},\nthe exact KL at each sampled prefix, "
+          f"summed, {kl_exact:.3f} (the difference is {kl_gap_se:.2f} standard errors).\n"
+          f"Mean ratio * advantage after each update (0 before it): "
+          f"{avg(history['surrogate_gain']):.4f}")
+
     show_names("\nSamples before PPO:", before["names"][:18])
     show_names(f"Samples after PPO (KL coef {KL_COEF}):", after["names"][:18])
     show_names(f"Samples after PPO (KL coef {KL_COEF_HIGH}):", after_high["names"][:18])
@@ -1069,6 +1121,11 @@ def main():
         "untrained_reward_model_accuracy": untrained_accuracy,
         "preferred_share_gain": after["long_share"] - before["long_share"],
         "surrogate_improvement": avg(history["surrogate_improvement"]),
+        "surrogate_gain": avg(history["surrogate_gain"]),
+        "surrogate_gain_high_coef": avg(history_high["surrogate_gain"]),
+        "kl_sampled_mean": kl_sampled,
+        "kl_exact_mean": kl_exact,
+        "kl_estimate_gap_se": kl_gap_se,
         "kl_early": kl_early,
         "kl_final": kl_final,
         "kl_final_high_coef": kl_final_high,

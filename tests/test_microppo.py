@@ -138,6 +138,30 @@ def test_rollout_records_the_sampling_log_probs():
             logits = ppo.token_logits(m, tokens[:-1])[1:]
             expected = [ppo.log_softmax_floats(z)[a] for z, a in zip(logits, tokens[2:])]
             assert close(sample[key], expected, 1e-12)
+        # the exact KL, summed over the sampled prefixes, written plainly from its formula
+        exact = 0.0
+        for zp, zr in zip(ppo.token_logits(policy, tokens[:-1])[1:],
+                          ppo.token_logits(reference, tokens[:-1])[1:]):
+            lp, lr = ppo.log_softmax_floats(zp), ppo.log_softmax_floats(zr)
+            exact += sum(math.exp(a) * (a - b) for a, b in zip(lp, lr))
+        assert sample["exact_kl"] == pytest.approx(exact, rel=1e-9, abs=1e-12)
+        assert sample["exact_kl"] > 0.0
+    assert ppo.rollout(policy, policy, "k")["exact_kl"] == 0.0
+
+
+def test_importance_weighted_advantage_is_the_unclipped_surrogate():
+    # Recomputed on floats, mean_t ratio_t * A_t must equal the Value path's unclipped
+    # surrogate (eps so large that nothing is clipped), and be mean(A) before any move.
+    old, new = small_policy(4), small_policy(5)
+    random.seed(8)
+    batch = [ppo.rollout(ppo.frozen(old), ppo.frozen(old), c) for c in "aekm"]
+    advantages = [[random.gauss(0.0, 1.0) for _ in s["old_logps"]] for s in batch]
+    every = [a for advs in advantages for a in advs]
+    assert ppo.importance_weighted_advantage(ppo.frozen(old), batch, advantages) == \
+        pytest.approx(sum(every) / len(every), rel=1e-9)
+    loss, _ = ppo.surrogate_loss(new, batch, advantages, 1e9)
+    assert ppo.importance_weighted_advantage(ppo.frozen(new), batch, advantages) == \
+        pytest.approx(-loss.data, rel=1e-9)
 
 
 def test_first_epoch_ratios_are_exactly_one():
