@@ -286,7 +286,8 @@ class Value:
 # - gru_blend(): the GRU's state update (1 - z) * h + z * candidate as one node
 # - cross_entropy(): log-softmax plus negative log-likelihood as one node
 # - mean(): the mean of the per-character losses as one node
-# and one switch: inside `with no_grad():` dot() records no children (evaluation, sampling).
+# and one switch: inside `with no_grad():` dot() records no children (evaluation, sampling);
+#   the other operations still do (see no_grad() below).
 # See docs/autograd-interface.md for the full canonical interface.
 
 # === FUSED NODES: THE SAME MATH, FEWER NODES ===
@@ -325,8 +326,12 @@ def dot(weights, inputs, *biases, w_data=None, x_data=None):
 
 
 # Evaluation and sampling need the numbers, not the gradients. Inside `with no_grad():` a dot
-# node records no children, so no edges are stored and no graph is kept alive: the
-# held-out evaluation runs several times faster. PyTorch's torch.no_grad() is the same switch.
+# node records no children. Nearly all of a step's edges are in its dots (each of the 32 units
+# has one per weight and one per state value), so the held-out evaluation runs several times
+# faster. The switch covers dot() only: tanh, sigmoid, *, gru_blend and cross_entropy still
+# record their inputs, so a window's states stay chained to each other (not to the weights)
+# until the window is dropped. PyTorch's torch.no_grad() is the complete version of this
+# switch: no operation run under it records anything for a backward pass.
 recording_graph = True
 
 
@@ -566,7 +571,10 @@ def gradient_profile(model, cell, windows, boundary):
             profile[t] += norm / norms[-1] / len(windows)
         for t in range(SEQ_LEN - 1):   # states[t + 1] was computed by reading window[t + 1]
             kind = "boundary" if window[t + 1] == boundary else "inside"
-            log_factors[kind].append(math.log(norms[t] / norms[t + 1]))
+            # A step that passes nothing back (norm 0, as in a model whose state is never
+            # carried) keeps a share of 0, log 0 = -inf, and the geometric mean comes out 0.
+            kept = norms[t] / norms[t + 1] if norms[t + 1] > 0 else 0.0
+            log_factors[kind].append(math.log(kept) if kept > 0 else -math.inf)
         for p in params:
             p.grad = 0.0   # a measurement, not a training step: leave no gradient behind
     survival = {kind: math.exp(sum(logs) / len(logs)) if logs else float("nan")
@@ -597,6 +605,18 @@ def bigram_loss(train_windows, eval_windows, vocab_size):
         for a, b in zip(window, window[1:]):
             total -= math.log(counts[a][b] / sum(counts[a]))
     return total / (len(eval_windows) * SEQ_LEN)
+
+
+def unigram_loss(train_windows, eval_windows, vocab_size):
+    # Character frequencies alone (add-one smoothed), with no context at all: a model whose
+    # held-out loss is not well below this has learned nothing from the characters it read.
+    counts = [1] * vocab_size
+    for window in train_windows:
+        for b in window[1:]:
+            counts[b] += 1
+    total = sum(counts)
+    return -sum(math.log(counts[b] / total)
+                for window in eval_windows for b in window[1:]) / (len(eval_windows) * SEQ_LEN)
 
 
 # === INFERENCE: SAMPLING NAMES ===
@@ -707,17 +727,22 @@ def gradient_bars(profile, low_exp=-5, high_exp=1, per_decade=6):
 # === SUCCESS CRITERIA ===
 # (what was measured, key in main()'s result, comparison, threshold or another key)
 # The plan asked for ||dL/dh_1|| / ||dL/dh_16|| >= 0.1 in the trained GRU. An untrained GRU
-# meets that (0.18, by its gate bias alone), and a trained one misses it (0.058) because nearly
-# every 16-character window crosses a name boundary, where the trained gates let go. So the two
-# GRU rows below measure the gate instead: it keeps the gradient inside a name, and it has
-# learned to release it at a boundary (the untrained GRU's gap is 0.001).
+# meets that (0.18, by its gate bias alone), and a trained one misses it (0.058): even inside
+# a name it keeps 0.849 of the gradient per step, and 0.849^15 = 0.086 is already under
+# 0.1; the steps across a name boundary, where the trained gates let go (0.67), take it lower
+# still. So the two GRU gradient rows below measure the gate instead: it keeps the gradient
+# inside a name, and it has learned to release it at a boundary (the untrained GRU's gap is
+# 0.001). The two loss rows and the sample row ask for training: a model must beat what
+# character frequencies alone give (2.83) by a wide margin, and its samples must pass the
+# rule about as often as real names do (97%). The first row is the vanishing gradient
+# itself, measured on the trained RNN; an untrained RNN shows it too (8.4e-5).
 CRITERIA = [
     ("RNN ||dL/dh_1|| / ||dL/dh_16|| (held-out mean)", "rnn_gradient_ratio", "<", 0.01),
     ("GRU gradient kept per step inside a name", "gru_step_survival_inside", ">=", 0.8),
     ("GRU kept inside a name minus across a boundary", "gru_forgetting_gap", ">=", 0.1),
-    ("GRU ||dL/dh_1|| / ||dL/dh_16||, high end", "gru_gradient_ratio", "<=", 10),
-    ("held-out loss per character, GRU below RNN", "gru_heldout_loss", "<", "rnn_heldout_loss"),
-    ("share of GRU samples the rule accepts", "gru_pronounceable_fraction", ">=", 0.5),
+    ("RNN held-out loss per character", "rnn_heldout_loss", "<", 2.6),
+    ("GRU held-out loss per character", "gru_heldout_loss", "<", 2.6),
+    ("share of GRU samples the rule accepts", "gru_pronounceable_fraction", ">=", 0.9),
 ]
 COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
            "==": operator.eq}
@@ -776,12 +801,14 @@ def main():
         profiles[label] = gradient_profile(model, cell, probe_windows, boundary)
         print(f"{label} evaluated on held-out windows | {time.time() - start:.1f}s")
     bigram = bigram_loss(train_windows, eval_windows, vocab_size)
+    unigram = unigram_loss(train_windows, eval_windows, vocab_size)
 
     print("\nTraining loss per window (R = RNN, G = GRU, @ = both):")
     print(ascii_curves({"R": curves["RNN"], "G": curves["GRU"]}))
     print(f"\nHeld-out loss per character over {len(eval_windows) * SEQ_LEN} predictions: "
           f"RNN {losses_heldout['RNN']:.4f}, GRU {losses_heldout['GRU']:.4f}; "
-          f"bigram table {bigram:.4f}; uniform guess ln({vocab_size}) = {math.log(vocab_size):.4f}")
+          f"bigram table {bigram:.4f}; character frequencies alone {unigram:.4f}; "
+          f"uniform guess ln({vocab_size}) = {math.log(vocab_size):.4f}")
 
     # What to look for: the RNN's bars shrink by a roughly constant factor per step (about
     # 0.65 in the default run), the GRU's more slowly. The per-step split shows why the GRU's
@@ -834,6 +861,7 @@ def main():
         "rnn_heldout_loss": losses_heldout["RNN"],
         "gru_heldout_loss": losses_heldout["GRU"],
         "bigram_heldout_loss": bigram,
+        "unigram_heldout_loss": unigram,
         "rnn_pronounceable_fraction": pronounceable["RNN"],
         "gru_pronounceable_fraction": pronounceable["GRU"],
         "rnn_num_params": len(parameters(models["RNN"][0])),

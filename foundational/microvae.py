@@ -5,9 +5,11 @@ autoencoder (VAE) makes the code a probability distribution: the encoder maps a 
 the mean and log-variance of a Gaussian over codes z, a code is *drawn* from that Gaussian,
 and the decoder rebuilds x from the draw. A second term in the loss pulls every encoder
 Gaussian toward one fixed prior, N(0, I). The reward for that pull is a generator: once the
-codes of all the training points together fill the prior, any z drawn from N(0, I) decodes
-to something that looks like the data, and a straight line between two codes decodes to a
-path between the two points.
+codes of all the training points together fill the prior, a z drawn from N(0, I) mostly
+decodes to something that looks like the data, and a straight line between two codes
+decodes to a path between the two points. Mostly, not always: in this run 13% of the prior
+samples land off the ring, 61 of those 67 drawn with |z| < 0.5, near the point where the
+codes of every part of the ring meet (the run prints the split).
 
 Three ideas carry the whole method, and each is written next to the variables that hold it:
 the ELBO (the loss), the reparameterisation trick (how a gradient passes through a random
@@ -18,7 +20,7 @@ floats, one chain-rule step per line; the tests check every gradient against fin
 differences. A second run from the same start with a much larger beta shows the other end of
 the dial: the posterior collapses onto the prior and the decoder all but stops using z.
 
-Run: python foundational/microvae.py    (about 10 s on the 2-core CI machine)
+Run: python foundational/microvae.py    (about 12 s on the 2-core CI machine)
 """
 import math
 import operator
@@ -303,8 +305,11 @@ def adam_step(params, grads, m, v, t, lr):
 # the data mean and pays the data's total variance, about RING_RADIUS^2 = 1 per point (the
 # collapse run's held-out reconstruction error, printed, is 1.01). For
 # Gaussian data with variance lam along a direction, the least squared error reachable with
-# R nats of information about it is lam * exp(-2R) (the Gaussian rate-distortion function),
-# so the first nat saves 2 * lam and coding pays only while beta < 2 * lam. The ring's
+# R nats of information about it is D(R) = lam * exp(-2R) (the Gaussian rate-distortion
+# function). Each further nat saves less than the one before: the first saves
+# lam * (1 - e^-2) = 0.86 lam, and the most any nat can save is the slope at R = 0,
+# -dD/dR = 2 lam. Minimising D(R) + beta R therefore codes anything only while
+# beta < 2 * lam (then R = 0.5 ln(2 lam / beta)). The ring's
 # variance is about 0.5 in every direction, which puts the edge near beta = 1 (the average
 # KL is at least the information z carries, so a VAE pays at least that price). The ring is
 # not Gaussian, so this is a guide rather than a proof; runs of this script with BETA set to
@@ -424,17 +429,25 @@ def interpolation_path(params, x_from, x_to):
 
 
 def interpolation_stats(params, pairs, train_data):
-    """Smoothness: the largest step along a decoded path as a share of the path's length
-    (with 10 steps, 0.1 is perfectly even; a jump pushes it toward 1). On-data: the mean
-    distance from the decoded path's points to the nearest training point."""
-    shares, distances = [], []
+    """Three numbers about the decoded paths.
+    Ends: the mean distance from a path's two ends to the two points it joins, divided by the
+    mean distance between the two points of a pair (0 when every path starts and ends on its
+    points; 0.5 or more when both ends of each path decode to one spot, as with a decoder
+    that ignores z). A ratio of means, so that a pair of close points cannot dominate it.
+    On-data: the mean distance from the path's points to the nearest training point.
+    On-data and smoothness are means over the pairs. Smoothness: the largest step along a
+    path as a share of the path's length (with 10 steps, 0.1 is perfectly even; a jump
+    pushes it toward 1)."""
+    end_gaps, pair_distances, distances, shares = [], [], [], []
     for x_from, x_to in pairs:
         path = interpolation_path(params, x_from, x_to)
+        end_gaps.append((math.dist(path[0], x_from) + math.dist(path[-1], x_to)) / 2)
+        pair_distances.append(math.dist(x_from, x_to))
+        distances.append(mean_nearest_distance(path, train_data))
         steps = [math.dist(a, b) for a, b in zip(path, path[1:])]
         # A path of length 0 (a decoder that ignores z) counts as the worst case, 1.
         shares.append(max(steps) / sum(steps) if sum(steps) > 0 else 1.0)
-        distances.append(mean_nearest_distance(path, train_data))
-    return mean(shares), mean(distances)
+    return mean(end_gaps) / mean(pair_distances), mean(distances), mean(shares)
 
 
 def measure(params, train_data, held_out, prior_codes, interp_pairs, blob_distance):
@@ -443,12 +456,13 @@ def measure(params, train_data, held_out, prior_codes, interp_pairs, blob_distan
     kl = mean([kl_divergence(mu, log_var) for _, mu, log_var in codes])
     reconstructions = [decode(params, mu)[1] for _, mu, _ in codes]
     samples = decode_prior(params, prior_codes)
-    max_step, interp_distance = interpolation_stats(params, interp_pairs, train_data)
+    end_gap, interp_distance, max_step = interpolation_stats(params, interp_pairs, train_data)
     return {
         "kl": kl,
         "heldout_recon": mean([reconstruction_error(r, x)
                                for r, x in zip(reconstructions, held_out)]),
         "sample_distance_ratio": mean_nearest_distance(samples, train_data) / blob_distance,
+        "interpolation_end_gap": end_gap,
         "interpolation_max_step": max_step,
         "interpolation_distance_ratio": interp_distance / blob_distance,
         "sample_spread": spread(samples),
@@ -521,11 +535,14 @@ def ascii_chart(values, width=60, height=8):
 #   would be passed by any larger beta (BETA = 0.7 gives 0.44 nats: smaller, but not
 #   collapsed); a fixed number of nats would say nothing about scale. beta = 1.0 ends at
 #   0.02 nats, right at the line, and COLLAPSE_BETA = 2 at about 0.001.
+# - The interpolation rows ask that a path start and end on the two points it joins and stay
+#   on the ring in between. How evenly it is paced (the largest step as a share of its
+#   length, printed) is no criterion: a decoder that barely moves paces its path evenly.
 CRITERIA = [
     ("recon error, last 100 steps / first 100 steps", "recon_ratio", "<", 0.5),
     ("KL per held-out point (nats), low end", "final_kl", ">", 0.5),
     ("KL per held-out point (nats), high end", "final_kl", "<", 5.0),
-    ("interpolation: largest step / path length", "interpolation_max_step", "<", 0.3),
+    ("interpolation: path ends' gap / pair distance", "interpolation_end_gap", "<", 0.2),
     ("interpolation: distance to data / blob's", "interpolation_distance_ratio", "<", 0.5),
     ("prior samples: distance to data / blob's", "sample_distance_ratio", "<", 0.5),
     ("collapse run's KL vs 1% of final_kl", "collapsed_kl", "<", "final_kl_one_percent"),
@@ -674,6 +691,7 @@ def main():
     for label, key in (("KL per point (nats)", "kl"),
                        ("reconstruction error from the mean code", "heldout_recon"),
                        ("prior samples: distance to data / blob's", "sample_distance_ratio"),
+                       ("interpolation: end gap / pair distance", "interpolation_end_gap"),
                        ("interpolation: largest step / length", "interpolation_max_step"),
                        ("interpolation: distance to data / blob's",
                         "interpolation_distance_ratio")):
@@ -684,8 +702,8 @@ def main():
     free = [key for _, key, op, target in CRITERIA if key in untrained
             and not isinstance(target, str) and COMPARE[op](untrained[key], target)]
     if free:
-        print(f"note: the untrained model already passes {', '.join(free)}: a decoder that\n"
-              f"barely moves makes even steps. The distance-to-data rows are the ones it fails.")
+        print(f"note: the untrained model already passes {', '.join(free)}: on its own that\n"
+              f"row is no evidence of learning.")
     print(f"mean sigma per latent dimension, beta {BETA}: " + ", ".join(
         f"{s:.3f}" for s in main_run["mean_sigma"]))
 
@@ -697,7 +715,10 @@ def main():
     results = {
         "recon_ratio": mean(recons[-CURVE_WINDOW:]) / mean(recons[:CURVE_WINDOW]),
         "final_kl": main_run["kl"],
+        "interpolation_end_gap": main_run["interpolation_end_gap"],
         "interpolation_max_step": main_run["interpolation_max_step"],
+        "collapsed_interpolation_end_gap": collapse_run["interpolation_end_gap"],
+        "untrained_interpolation_end_gap": untrained["interpolation_end_gap"],
         "interpolation_distance_ratio": main_run["interpolation_distance_ratio"],
         "sample_distance_ratio": main_run["sample_distance_ratio"],
         "collapsed_kl": collapse_run["kl"],

@@ -268,3 +268,27 @@ def test_scatter_draws_points_and_skips_those_outside():
     assert rows[0][1] == ":"           # the top-left point: half as busy as the centre
     assert rows[2][6] == "@"           # the busiest cell
     assert sum(c != " " for r in rows for c in r[1:-1]) == 2
+
+
+def test_reverse_step_matches_the_posterior_formula_and_catches_a_wrong_step(monkeypatch):
+    """The sampler's step and the reference written from q(x_{t-1} | x_t, x0_hat) agree to
+    rounding for any network; a step that leaves out the fresh noise, or shows the network
+    the neighbouring t, does not."""
+    random.seed(5)
+    params = md.init_params()
+    schedule = md.make_schedule()
+    points = [(random.gauss(0, 1), random.gauss(0, 1)) for _ in range(5)]
+    assert md.reverse_step_error(params, points, schedule) < 1e-12
+    original = md.reverse_coefficients
+    monkeypatch.setattr(md, "reverse_coefficients", lambda t, s: original(t, s)[:2] + (0.0,))
+    assert md.reverse_step_error(params, points, schedule) > 1e-3
+    monkeypatch.setattr(md, "reverse_coefficients", original)
+    embedding = md.time_embedding
+    shifted = {"calls": 0}
+
+    def off_by_one_in_the_sampler(t):
+        # reverse_step asks first, the reference second: shift only the sampler's question
+        shifted["calls"] += 1
+        return embedding(t - 1 if shifted["calls"] % 2 else t)
+    monkeypatch.setattr(md, "time_embedding", off_by_one_in_the_sampler)
+    assert md.reverse_step_error(params, points, schedule) > 1e-3

@@ -311,15 +311,17 @@ def test_gaussian_blob_has_the_data_mean_and_covariance():
         assert got == pytest.approx(want, rel=0.05, abs=0.03)
 
 
-def test_interpolation_smoothness_scores_even_paths_and_ignored_codes():
+def test_interpolation_stats_score_even_paths_and_ignored_codes():
     params = small_params(seed=12)
     pairs = [([1.0, 0.0], [0.0, 1.0])]
     data = [[1.0, 0.0], [0.0, 1.0]]
     # A decoder that ignores z (all decoder weights on z set to 0) has a path of length 0,
-    # which counts as the worst score, 1.
+    # which counts as the worst smoothness score, 1; both ends decode to one spot, so by the
+    # triangle inequality they miss the two points by at least half their distance.
     deaf = {k: [row[:] if isinstance(row, list) else row for row in v] for k, v in params.items()}
     deaf["W_dec"] = [[0.0, 0.0] for _ in deaf["W_dec"]]
-    assert vae.interpolation_stats(deaf, pairs, data)[0] == 1.0
+    end_gap, _, share = vae.interpolation_stats(deaf, pairs, data)
+    assert share == 1.0 and end_gap >= 0.5
     # A linear decoder x_hat = z (tanh kept near its linear part) makes evenly spaced steps.
     linear = {k: [row[:] if isinstance(row, list) else row for row in v] for k, v in params.items()}
     n = len(linear["W_dec"])
@@ -329,14 +331,15 @@ def test_interpolation_smoothness_scores_even_paths_and_ignored_codes():
     linear["W_out"] = [[1e3 if k == 0 else 0.0 for k in range(n)],
                        [1e3 if k == 1 else 0.0 for k in range(n)]]
     linear["b_out"] = [0.0, 0.0]
-    codes = {(1.0, 0.0): [0.0, 0.0], (0.0, 1.0): [3.0, 4.0]}
+    codes = {(1.0, 0.0): [1.0, 0.0], (0.0, 1.0): [0.0, 1.0]}   # x_hat(mu(x)) = x
     linear_encode = vae.encode
     try:
         vae.encode = lambda p, x: (None, codes[tuple(x)], [0.0, 0.0])
-        share, _ = vae.interpolation_stats(linear, pairs, data)
+        end_gap, _, share = vae.interpolation_stats(linear, pairs, data)
     finally:
         vae.encode = linear_encode
     assert share == pytest.approx(0.1, rel=1e-3)
+    assert end_gap == pytest.approx(0.0, abs=1e-5)
 
 
 def test_off_ring_share_and_spread():
