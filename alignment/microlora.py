@@ -32,9 +32,9 @@ see it) it gains 0.591 and forgets 0.371, less than LoRA. At the rate whose gain
 to LoRA's (0.03, above its best), full fine-tuning gains 0.505 and forgets 0.558. So
 forgetting here follows the learning rate at least as much as the rank. Most forgetting is
 the first letter, which any model that learns B must move away from a-m. What the criteria
-assert instead is what makes LoRA LoRA: it starts exactly at the base, it trains only its
-adapters, the base stays bit for bit unchanged, and the merged matrix gives the adapter's
-logits at every rank.
+assert instead is what makes LoRA LoRA: it starts exactly at the base, its adapters are a
+small share of the model, the base stays bit for bit unchanged, and the merged matrix gives
+the adapter's logits at every rank.
 
 Run: python alignment/microlora.py    (about 50 s on the 2-core CI machine)
 """
