@@ -804,10 +804,14 @@ def finite_difference_gradient(weights, adapters, tokens, h=1e-6):
 def relative_gradient_error(gradient, reference):
     # Largest difference over the largest reference entry. max() is blind to NaN, so a
     # non-finite difference is returned as inf: it must fail the row, never vanish.
+    # A reference of all zeros (adapters that cannot learn) is met only by a zero gradient.
     differences = [abs(g - r) for g, r in zip(gradient, reference)]
     if not all(math.isfinite(d) for d in differences):
         return math.inf
-    return max(differences) / max(abs(r) for r in reference)
+    size = max(abs(r) for r in reference)
+    if size == 0.0:
+        return 0.0 if max(differences) == 0.0 else math.inf
+    return max(differences) / size
 
 
 def mean_squared_error(weights, restored):
@@ -1072,6 +1076,8 @@ def main():
     qlora_a = heldout_loss(nf4_base, qlora, eval_a)
     qlora_b = heldout_loss(nf4_base, qlora, eval_b)
     lora_gain, qlora_gain = base_b - lora_b, base_b - qlora_b
+    # A share of no gain is undefined: NaN, which fails its row (adapters that cannot learn)
+    recovered = qlora_gain / lora_gain if lora_gain > 0 else math.nan
     print(f"\nTraining loss on B, the same {ADAPT_STEPS} names in the same order "
           f"(L = LoRA, Q = QLoRA, # = both):")
     print(ascii_curves({"L": lora_losses, "Q": qlora_losses}))
@@ -1082,8 +1088,8 @@ def main():
                         ("LoRA on the float base", lora_a, lora_b),
                         ("QLoRA on the NF4 base", qlora_a, qlora_b)):
         print(f"  {label:<28} {b:>8.4f} {a:>8.4f}   {base_b - b:+.4f}")
-    print(f"QLoRA reaches {qlora_gain / lora_gain:.1%} of LoRA's gain on B; the NF4 base "
-          f"without adapters reaches {(base_b - nf4_base_b) / lora_gain:+.1%}.")
+    print(f"QLoRA reaches {recovered:.1%} of LoRA's gain on B ({lora_gain:.4f}); the NF4 "
+          f"base without adapters gains {base_b - nf4_base_b:+.4f}.")
 
     # --- 5. memory: what each way of fine-tuning must hold ---
     num_adapter = len(adapter_parameters(qlora))
@@ -1114,7 +1120,7 @@ def main():
         "nf4_mse": mse["NF4"],
         "int4_mse": mse["uniform INT4 (absmax)"],
         "uniform16_mse": mse["16 evenly spaced levels"],
-        "qlora_gain_recovered": qlora_gain / lora_gain,
+        "qlora_gain_recovered": recovered,
         "base_compression_ratio": fp32_bytes / double_bytes,
         "single_level_compression_ratio": fp32_bytes / single_bytes,
         "training_memory_ratio": full_total / qlora_total,

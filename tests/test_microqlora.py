@@ -396,3 +396,6 @@ def test_relative_gradient_error_fails_a_non_finite_gradient():
     assert mq.relative_gradient_error([1.0, 2.0], [1.0, 2.0]) == 0.0
     assert mq.relative_gradient_error([1.0, math.nan], [1.0, 2.0]) == math.inf
     assert mq.relative_gradient_error([1.0, math.inf], [1.0, 2.0]) == math.inf
+    # adapters that cannot learn: a zero reference is met by a zero gradient only
+    assert mq.relative_gradient_error([0.0, 0.0], [0.0, 0.0]) == 0.0
+    assert mq.relative_gradient_error([0.0, 1e-9], [0.0, 0.0]) == math.inf
