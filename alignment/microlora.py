@@ -1,4 +1,4 @@
-"""microlora: adapt a trained GPT to new data by training 3% of its weights (low-rank adaptation).
+"""microlora: adapt a trained GPT to new data by training a few new weights (low-rank adaptation).
 
 Fine-tuning in its plain form updates every weight of a model. Each weight then needs a
 gradient and two Adam moments (three more copies of the model in memory), and every new task
@@ -15,7 +15,7 @@ so a merged adapter costs nothing at inference.
 This file runs the whole story on baby names, and measures it:
   1. pretrain a microgpt-shaped model on names starting with a-m (split A);
   2. adapt it to names starting with n-z (split B) with rank-2 adapters on the query and value
-     projections: 128 trainable numbers beside 4,192 frozen ones;
+     projections: 128 new trainable numbers (3% as many) beside 4,192 frozen ones;
   3. from the same base, on the same names, for the same number of steps, fine-tune every
      weight instead (full fine-tuning), at the learning rate that suits it best;
   4. on held-out names, compare what each gained on B with what each forgot of A;
@@ -24,13 +24,17 @@ This file runs the whole story on baby names, and measures it:
 What the default run shows. LoRA's 128 numbers cut the held-out B loss from 2.840 to 2.343
 per token (a gain of 0.497) and raise the A loss by 0.448. Full fine-tuning of all 4,192
 weights, at the rate that suits it best, gains more (0.586) and forgets more (0.487): the
-trade in the title of Biderman et al. (2024), "LoRA Learns Less and Forgets Less". The margin
-is thin and hangs on that rate: the search scored full fine-tuning at 0.01 and 0.003 almost
-level, and at 0.003 (set FULL_FT_LR to see it) it gains 0.591 and forgets 0.371, less than
-LoRA. At the rate whose gain came closest to LoRA's (0.03, above its best), full fine-tuning
-gains 0.505 and forgets 0.558. So forgetting here follows the learning rate at least as much
-as the rank. Most forgetting is the first letter, which any model that learns B must move
-away from a-m.
+trade in the title of Biderman et al. (2024), "LoRA Learns Less and Forgets Less". Here the
+run reports that order and does not assert it. Other draws of A move LoRA's forgetting
+(0.414 to 0.462 over six draws on this base), and the order hangs on full fine-tuning's
+rate: the search scored it at 0.01 and 0.003 almost level, and at 0.003 (set FULL_FT_LR to
+see it) it gains 0.591 and forgets 0.371, less than LoRA. At the rate whose gain came closest
+to LoRA's (0.03, above its best), full fine-tuning gains 0.505 and forgets 0.558. So
+forgetting here follows the learning rate at least as much as the rank. Most forgetting is
+the first letter, which any model that learns B must move away from a-m. What the criteria
+assert instead is what makes LoRA LoRA: it starts exactly at the base, its adapters are a
+small share of the model, the base stays bit for bit unchanged, and the merged matrix gives
+the adapter's logits at every rank.
 
 Run: python alignment/microlora.py    (about 50 s on the 2-core CI machine)
 """
@@ -72,8 +76,9 @@ LOSS_WINDOW = 100  # base_final_loss averages the last 100 steps
 ADAPT_STEPS = 200        # adaptation steps on split B, one name per step, for every method
 LORA_RANK = 2            # r of the main run
 LORA_ALPHA = 2.0         # the update is scaled by alpha / r (PEFT's lora_alpha)
-# The query and value projections: the pair the LoRA paper found best on GPT-3 when the
-# number of trainable parameters is fixed.
+# The query and value projections: the pair the LoRA paper adapts in most of its experiments.
+# It is not the clear winner there: in its Table 5 (GPT-3, the same number of trainable
+# parameters) adapting all four attention matrices at rank 2 ties or beats it.
 LORA_TARGETS = ("wq", "wv")
 LORA_LR = 0.1
 A_INIT_STD = 1.0 / math.sqrt(N_EMBD)   # A x then has entries of size ~1 for a unit-RMS x
@@ -87,6 +92,7 @@ LR_GRID = ()             # e.g. (0.003, 0.01, 0.03, 0.1): search it before the m
 HELDOUT_NAMES = 200      # names held out of each split to measure every loss below
 MERGE_CHECK_NAMES = 20   # names (from each split) whose logits compare adapter vs merged
 NUM_SAMPLES = 15         # names sampled from the base and from the adapted model
+CHART_COLUMNS = 20       # the training chart averages ADAPT_STEPS / 20 = 10 names per column
 TEMPERATURE = 1.0        # 1.0 samples the model's own distribution, first letter included
 
 # === DATA ===
@@ -649,15 +655,26 @@ def first_letter_probs(model, bos):
     return softmax(gpt_step(model, {}, bos, 0, [[]], [[]]))[:bos]
 
 
-def max_logit_difference(model_a, adapters_a, model_b, adapters_b, token_lists):
+def largest(differences):
+    # max() is blind to NaN (max(0.0, nan) is 0.0), so a non-finite difference is returned
+    # as inf: it must fail the check it feeds, never vanish inside a maximum.
     worst = 0.0
-    for tokens in token_lists:
-        caches = [([[] for _ in range(N_LAYER)], [[] for _ in range(N_LAYER)]) for _ in "ab"]
-        for pos in range(min(BLOCK_SIZE, len(tokens) - 1)):
-            logits_a = gpt_step(model_a, adapters_a, tokens[pos], pos, *caches[0])
-            logits_b = gpt_step(model_b, adapters_b, tokens[pos], pos, *caches[1])
-            worst = max(worst, max(abs(a - b) for a, b in zip(logits_a, logits_b)))
+    for d in differences:
+        if not math.isfinite(d):
+            return math.inf
+        worst = max(worst, d)
     return worst
+
+
+def max_logit_difference(model_a, adapters_a, model_b, adapters_b, token_lists):
+    def differences():
+        for tokens in token_lists:
+            caches = [([[] for _ in range(N_LAYER)], [[] for _ in range(N_LAYER)]) for _ in "ab"]
+            for pos in range(min(BLOCK_SIZE, len(tokens) - 1)):
+                logits_a = gpt_step(model_a, adapters_a, tokens[pos], pos, *caches[0])
+                logits_b = gpt_step(model_b, adapters_b, tokens[pos], pos, *caches[1])
+                yield from (abs(a - b) for a, b in zip(logits_a, logits_b))
+    return largest(differences())
 
 
 # === INFERENCE: SAMPLING NAMES ===
@@ -688,10 +705,8 @@ def bucket_means(series, width):
             max(1, int((i + 1) * bucket) - int(i * bucket)) for i in range(width)]
 
 
-def ascii_curves(named_series, width=60, height=10):
+def ascii_curves(named_series, width=CHART_COLUMNS, height=10):
     """Several loss curves on one chart, one symbol each, averaged into `width` buckets."""
-    # Averaging matters: one name's loss is noisy (short common names score far better than
-    # long rare ones), which would hide the trend.
     width = min(width, min(len(s) for s in named_series.values()))
     curves = {symbol: bucket_means(series, width) for symbol, series in named_series.items()}
     low = min(min(c) for c in curves.values())
@@ -700,7 +715,8 @@ def ascii_curves(named_series, width=60, height=10):
     grid = [[" "] * width for _ in range(height)]
     for symbol, points in curves.items():
         for col, p in enumerate(points):
-            grid[round((high - p) / step) if step else 0][col] = symbol
+            row = round((high - p) / step) if step else 0
+            grid[row][col] = "#" if grid[row][col] not in (" ", symbol) else symbol
     rows = [f"{high - step * r:6.2f} |{''.join(line)}" for r, line in enumerate(grid)]
     rows.append("       +" + "-" * width)
     return "\n".join(rows)
@@ -727,11 +743,10 @@ CRITERIA = [
     ("base model: training loss on A, last 100 steps", "base_final_loss", "<", 2.5),
     ("LoRA: held-out B loss gain (base - adapted)", "b_loss_gain", ">", 0.1),
     ("LoRA: forgetting on A, smaller than its B gain", "a_loss_increase", "<", "b_loss_gain"),
-    ("LoRA forgets less of A than full fine-tuning", "a_loss_increase", "<",
-     "full_ft_a_loss_increase"),
+    ("fresh adapters (B = 0): logit difference from base", "adapter_start_error", "==", 0.0),
     ("trainable share of all parameters (rank 2)", "trainable_fraction", "<", 0.1),
     ("largest change of a frozen base weight", "frozen_weight_drift", "==", 0.0),
-    ("largest logit difference, adapter vs merged", "merge_max_error", "<", 1e-9),
+    ("logit difference, adapter vs merged, every rank", "merge_max_error", "<", 1e-9),
 ]
 COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
            "==": operator.eq}
@@ -876,20 +891,33 @@ def main():
     print(f"adaptations done | {time.time() - start:.1f}s")
 
     # The merge check compares two ways of computing the adapted model on the same names:
-    # W0 x + scale * B (A x) (the training path) and (W0 + scale * B A) x (the merged matrix).
-    # They differ only by floating-point rounding (about 1e-15 here). The drift check
-    # compares W0 after everything (four LoRA runs, four merges, full fine-tuning of a copy)
-    # with the copy taken right after pretraining: freezing must be exact, not approximate.
+    # W0 x + scale * B (A x) (the training path) and (W0 + scale * B A) x (the merged matrix),
+    # at every rank of the sweep: the scale alpha / r is 1 at rank 2, so only the other ranks
+    # can tell a merge that drops or doubles it. They differ only by floating-point rounding
+    # (about 1e-15 here). The drift check compares W0 after everything (four LoRA runs, four
+    # merges, full fine-tuning of a copy) with the copy taken right after pretraining:
+    # freezing must be exact, not approximate.
     main_run = sweep[LORA_RANK]
-    merge_error = max_logit_difference(frozen, frozen_adapters(main_run["adapters"]),
-                                       main_run["merged"], {}, check_tokens)
-    drift = max(abs(w - s) for name in frozen for row, srow in zip(frozen[name], snapshot[name])
-                for w, s in zip(row, srow))
+    merge_error = largest(max_logit_difference(frozen, frozen_adapters(run["adapters"]),
+                                               run["merged"], {}, check_tokens)
+                          for run in sweep.values())
+    drift = largest(abs(w - s) for name in frozen
+                    for row, srow in zip(frozen[name], snapshot[name]) for w, s in zip(row, srow))
 
     # --- 4. what the runs show ---
-    print(f"\nTraining loss on B, same {ADAPT_STEPS} names in the same order "
-          f"(L = LoRA rank {LORA_RANK}, F = full fine-tuning):")
-    print(ascii_curves({"L": main_run["losses"], "F": full_losses}))
+    # A training name's loss depends mostly on the name (short common names score far better
+    # than long rare ones), so a chart of raw training losses would show the names, not the
+    # learning. Both methods read the same names, and the base model's loss on each name
+    # takes that out: the chart shows, for each name, how far below the base model's loss
+    # the method scored it just before its step on it (its gain so far, on a name not yet
+    # trained on). In the default run both rise, from 0.14 (F) and 0.21 (L) on the first 10
+    # names to rows 0.41 to 0.74 of the chart on the last 50.
+    base_on_adapt = [name_loss(frozen, {}, tokens) for tokens in adapt_tokens]
+    print(f"\nTraining names of B: base model's loss minus the adapted model's, before each "
+          f"step,\n{ADAPT_STEPS / CHART_COLUMNS:g} names per column (L = LoRA rank {LORA_RANK}, "
+          f"F = full fine-tuning, # = both):")
+    print(ascii_curves({"L": [b - l for b, l in zip(base_on_adapt, main_run["losses"])],
+                        "F": [b - l for b, l in zip(base_on_adapt, full_losses)]}))
 
     # The rank sweep and the comparison in one table. "share" is trainable / all parameters
     # (PEFT's print_trainable_parameters() reports the same ratio, adapters counted in all).
@@ -910,12 +938,14 @@ def main():
               f"{a[0]:6.3f} {a[1]:6.3f} {a[2]:6.3f}   {base_b[0] - b[0]:7.4f} "
               f"{a[0] - base_a[0]:8.4f} {ratio(a[0] - base_a[0], base_b[0] - b[0]):>6} "
               f"{ms:8.1f}")
-    # Reading the default run's table: the B gain grows with the rank (0.449 at rank 1 to
-    # 0.527 at rank 4, 0.522 at rank 8) while the forgetting stays between 0.35 and 0.45,
-    # and full fine-tuning at its best rate gains most (0.586) and forgets most (0.487). At
-    # lr 0.03 full fine-tuning matches LoRA's gain (0.505) and forgets 0.558, more than LoRA;
-    # at lr 0.003 (not run here) it gains 0.591 and forgets 0.371, less. The rate moves the
-    # forgetting as much as the rank. In every row most of the A increase is the first letter.
+    # Reading the default run's table: the B gain rises from rank 1 to rank 4 (0.449, 0.497,
+    # 0.527) and levels off at rank 8 (0.522), while the forgetting stays between 0.35 and
+    # 0.45; full fine-tuning at its best rate gains most (0.586) and forgets most (0.487).
+    # At lr 0.03 full fine-tuning matches LoRA's gain (0.505) and forgets 0.558, more than
+    # LoRA; at lr 0.003 (not run here) it gains 0.591 and forgets 0.371, less. The rate moves
+    # the forgetting as much as the rank, and so does the draw of A (see the docstring): the
+    # run reports which forgets more, it does not assert it. In every row most of the A
+    # increase is the first letter.
     # What training has to hold beyond the weights themselves: a gradient and Adam's two
     # moments for every trainable number. And what each new task adds to storage.
     lora_count = len(adapter_parameters(main_run["adapters"]))

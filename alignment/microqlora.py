@@ -528,9 +528,13 @@ def name_loss(weights, adapters, tokens):
 
 
 def train(label, params, step_loss, num_steps, learning_rate, start):
-    """Adam on `params`; step_loss(step) builds that step's loss. Returns the loss per step."""
+    """Adam on `params`; step_loss(step) builds that step's loss.
+
+    Returns the loss per step and the gradient of the first step (main() checks the
+    adapters' against finite differences of the quantised model's loss).
+    """
     adam_m, adam_v = [0.0] * len(params), [0.0] * len(params)
-    losses = []
+    losses, first_gradient = [], None
     for step in range(num_steps):
         loss = step_loss(step)
         loss.backward()
@@ -539,6 +543,8 @@ def train(label, params, step_loss, num_steps, learning_rate, start):
         correct_m, correct_v = 1.0 - BETA1 ** (step + 1), 1.0 - BETA2 ** (step + 1)
         # m = b1*m + (1-b1)*g ; v = b2*v + (1-b2)*g^2 ; p -= lr * m_hat / (sqrt(v_hat) + eps)
         grads = [p.grad for p in params]
+        if step == 0:
+            first_gradient = grads
         adam_m = [BETA1 * m + (1.0 - BETA1) * g for m, g in zip(adam_m, grads)]
         adam_v = [BETA2 * v + (1.0 - BETA2) * g * g for v, g in zip(adam_v, grads)]
         for p, m, v in zip(params, adam_m, adam_v):
@@ -549,7 +555,7 @@ def train(label, params, step_loss, num_steps, learning_rate, start):
             recent = losses[-100:]
             print(f"{label} step {step + 1:5d}/{num_steps} | training loss "
                   f"{sum(recent) / len(recent):.4f} | {time.time() - start:.1f}s")
-    return losses
+    return losses, first_gradient
 
 
 # === NF4: SIXTEEN LEVELS FROM THE NORMAL DISTRIBUTION ===
@@ -774,6 +780,40 @@ def heldout_loss(weights, adapters, token_lists):
     return total / count
 
 
+def finite_difference_gradient(weights, adapters, tokens, h=1e-6):
+    """dL/d(each adapter number), in adapter_parameters() order, by central differences.
+
+    The independent reference for the gradient QLoRA trains with: it uses no autograd at
+    all, only the float loss of one name on the given base, nudged one adapter number at a
+    time: (L(w + h) - L(w - h)) / 2h.
+    """
+    gradient = []
+    for pair in adapters.values():
+        for m in pair:
+            for row in m:
+                for j, original in enumerate(row):
+                    row[j] = original + h
+                    up = name_loss(weights, adapters, tokens)
+                    row[j] = original - h
+                    down = name_loss(weights, adapters, tokens)
+                    row[j] = original
+                    gradient.append((up - down) / (2 * h))
+    return gradient
+
+
+def relative_gradient_error(gradient, reference):
+    # Largest difference over the largest reference entry. max() is blind to NaN, so a
+    # non-finite difference is returned as inf: it must fail the row, never vanish.
+    # A reference of all zeros (adapters that cannot learn) is met only by a zero gradient.
+    differences = [abs(g - r) for g, r in zip(gradient, reference)]
+    if not all(math.isfinite(d) for d in differences):
+        return math.inf
+    size = max(abs(r) for r in reference)
+    if size == 0.0:
+        return 0.0 if max(differences) == 0.0 else math.inf
+    return max(differences) / size
+
+
 def mean_squared_error(weights, restored):
     pairs = [(w, r) for name in weights for row, row_hat in zip(weights[name], restored[name])
              for w, r in zip(row, row_hat)]
@@ -875,6 +915,7 @@ CRITERIA = [
     ("weight MSE: NF4 < uniform INT4 (same blocks)", "nf4_mse", "<", "int4_mse"),
     ("weight MSE: NF4 < 16 evenly spaced levels", "nf4_mse", "<", "uniform16_mse"),
     ("share of LoRA's B gain that QLoRA reaches", "qlora_gain_recovered", ">=", 0.8),
+    ("QLoRA's gradient vs finite differences, NF4 base", "qlora_gradient_error", "<", 1e-5),
     ("float32 base bytes / NF4 base bytes", "base_compression_ratio", ">", 7.2),
     ("fine-tuning bytes: full / QLoRA", "training_memory_ratio", ">", 4),
 ]
@@ -1008,21 +1049,35 @@ def main():
     # --- 4. LoRA on the float base, QLoRA on the NF4 base: same start, same names ---
     lora = init_adapters(LORA_RANK)
     qlora = copy_adapters(lora)
+    start_adapters = frozen_adapter_floats(lora)   # both start here; kept for the check below
     print(f"\nLoRA: rank-{LORA_RANK} adapters on {', '.join(LORA_TARGETS)} "
           f"({len(adapter_parameters(lora))} numbers), float base")
-    lora_losses = adapt("LoRA ", lambda: base, lora, adapt_tokens, start)
+    lora_losses, lora_gradient = adapt("LoRA ", lambda: base, lora, adapt_tokens, start)
     # QLoRA dequantises the 4-bit base afresh for every step and drops it after the step's
     # forward and backward pass: between steps only the codes exist.
     print(f"\nQLoRA: the same adapters from the same start, NF4 base dequantised every step")
-    codes_before = {name: q["codes"] for name, q in nf4_store.items()}
-    qlora_losses = adapt("QLoRA", lambda: dequantize_model(nf4_store, nf4), qlora,
-                         adapt_tokens, start)
-    codes_changed = sum(nf4_store[name]["codes"] != codes for name, codes in codes_before.items())
+    qlora_losses, qlora_gradient = adapt("QLoRA", lambda: dequantize_model(nf4_store, nf4),
+                                         qlora, adapt_tokens, start)
+
+    # Does QLoRA train through the 4-bit base? Its held-out loss cannot say: adapters trained
+    # on the float base and only evaluated on the NF4 base score almost as well, because
+    # 4 bits barely move this base. Its gradient can: the gradient of QLoRA's first step must
+    # be the gradient of the NF4 model's loss, which finite differences measure without any
+    # autograd. LoRA's first gradient (the float base) is the contrast: it differs by what
+    # quantisation does to the gradient.
+    reference = finite_difference_gradient(nf4_base, start_adapters, adapt_tokens[0])
+    qlora_gradient_error = relative_gradient_error(qlora_gradient, reference)
+    float_gradient_gap = relative_gradient_error(lora_gradient, reference)
+    print(f"\nFirst step's adapter gradient against finite differences of the NF4 model's loss "
+          f"(largest difference / largest entry):\n  QLoRA {qlora_gradient_error:.2e}; LoRA "
+          f"on the float base {float_gradient_gap:.2e}")
 
     lora_a, lora_b = heldout_loss(base, lora, eval_a), heldout_loss(base, lora, eval_b)
     qlora_a = heldout_loss(nf4_base, qlora, eval_a)
     qlora_b = heldout_loss(nf4_base, qlora, eval_b)
     lora_gain, qlora_gain = base_b - lora_b, base_b - qlora_b
+    # A share of no gain is undefined: NaN, which fails its row (adapters that cannot learn)
+    recovered = qlora_gain / lora_gain if lora_gain > 0 else math.nan
     print(f"\nTraining loss on B, the same {ADAPT_STEPS} names in the same order "
           f"(L = LoRA, Q = QLoRA, # = both):")
     print(ascii_curves({"L": lora_losses, "Q": qlora_losses}))
@@ -1033,9 +1088,8 @@ def main():
                         ("LoRA on the float base", lora_a, lora_b),
                         ("QLoRA on the NF4 base", qlora_a, qlora_b)):
         print(f"  {label:<28} {b:>8.4f} {a:>8.4f}   {base_b - b:+.4f}")
-    print(f"QLoRA reaches {qlora_gain / lora_gain:.1%} of LoRA's gain on B; the NF4 base "
-          f"without adapters reaches {(base_b - nf4_base_b) / lora_gain:+.1%}. "
-          f"4-bit codes changed by training: {codes_changed}")
+    print(f"QLoRA reaches {recovered:.1%} of LoRA's gain on B ({lora_gain:.4f}); the NF4 "
+          f"base without adapters gains {base_b - nf4_base_b:+.4f}.")
 
     # --- 5. memory: what each way of fine-tuning must hold ---
     num_adapter = len(adapter_parameters(qlora))
@@ -1066,7 +1120,7 @@ def main():
         "nf4_mse": mse["NF4"],
         "int4_mse": mse["uniform INT4 (absmax)"],
         "uniform16_mse": mse["16 evenly spaced levels"],
-        "qlora_gain_recovered": qlora_gain / lora_gain,
+        "qlora_gain_recovered": recovered,
         "base_compression_ratio": fp32_bytes / double_bytes,
         "single_level_compression_ratio": fp32_bytes / single_bytes,
         "training_memory_ratio": full_total / qlora_total,
@@ -1077,7 +1131,8 @@ def main():
         "lora_a_loss": lora_a, "lora_b_loss": lora_b,
         "qlora_a_loss": qlora_a, "qlora_b_loss": qlora_b,
         "lora_b_gain": lora_gain, "qlora_b_gain": qlora_gain,
-        "codes_changed": codes_changed,
+        "qlora_gradient_error": qlora_gradient_error,
+        "float_base_gradient_gap": float_gradient_gap,
     }
     print_criteria(results)
     return results

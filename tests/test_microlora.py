@@ -299,3 +299,14 @@ def test_learning_rate_search_runs_and_prints_both_methods(monkeypatch, capsys, 
     out = capsys.readouterr().out
     assert "Learning-rate search" in out and "lr 0.01 " in out
     assert results["adapter_start_error"] == 0.0
+
+
+def test_largest_difference_fails_a_non_finite_value():
+    # max(0.0, nan) is 0.0: the merge, start and drift rows must see a NaN, not skip it
+    assert lora.largest([0.0, 1e-15, 2e-15]) == 2e-15
+    assert lora.largest([math.nan, 1.0]) == math.inf
+    assert lora.largest([1.0, math.nan]) == math.inf
+    frozen = lora.frozen_copy(base_model())
+    broken = dict(frozen)
+    broken["lm_head"] = [tuple(math.nan for _ in row) for row in frozen["lm_head"]]
+    assert lora.max_logit_difference(frozen, {}, broken, {}, [NAME]) == math.inf

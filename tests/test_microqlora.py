@@ -369,3 +369,33 @@ def test_mean_squared_error_and_code_usage():
     store = mq.quantize_model({"m": [[0.0] * 8 + [1.0] * 8]}, mq.nf4_levels())
     usage, entropy = mq.code_usage(store, 16)
     assert usage[7] == 8 and usage[15] == 8 and entropy == 1.0
+
+
+# --- the gradient row: QLoRA's training gradient against finite differences ---
+
+def test_first_step_gradient_is_the_nf4_models_and_not_the_float_bases(monkeypatch):
+    # The check main() runs: the gradient adapt() trains with, on the dequantised NF4 base,
+    # against central finite differences of the NF4 model's float loss. Training on the
+    # float base instead gives a gradient that the same reference tells apart.
+    base, levels, store, adapters = nf4_setup()
+    nf4_base = mq.dequantize_model(store, levels)
+    start = mq.frozen_adapter_floats(adapters)
+    reference = mq.finite_difference_gradient(nf4_base, start, TOKENS)
+    monkeypatch.setattr(mq, "ADAPT_STEPS", 1)
+    _, through_nf4 = mq.adapt("test", lambda: mq.dequantize_model(store, levels),
+                              mq.copy_adapters(adapters), [TOKENS], 0.0)
+    _, through_float = mq.adapt("test", lambda: base, mq.copy_adapters(adapters), [TOKENS], 0.0)
+    assert len(reference) == len(mq.adapter_parameters(adapters))
+    assert mq.relative_gradient_error(through_nf4, reference) < 1e-6
+    assert mq.relative_gradient_error(through_float, reference) > 1e-3
+    # the reference leaves the adapters as it found them
+    assert start == mq.frozen_adapter_floats(adapters)
+
+
+def test_relative_gradient_error_fails_a_non_finite_gradient():
+    assert mq.relative_gradient_error([1.0, 2.0], [1.0, 2.0]) == 0.0
+    assert mq.relative_gradient_error([1.0, math.nan], [1.0, 2.0]) == math.inf
+    assert mq.relative_gradient_error([1.0, math.inf], [1.0, 2.0]) == math.inf
+    # adapters that cannot learn: a zero reference is met by a zero gradient only
+    assert mq.relative_gradient_error([0.0, 0.0], [0.0, 0.0]) == 0.0
+    assert mq.relative_gradient_error([0.0, 1e-9], [0.0, 0.0]) == math.inf
