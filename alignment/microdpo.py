@@ -720,14 +720,19 @@ def gap_in_standard_errors(kl_a, error_a, kl_b, error_b):
 
 # === SUCCESS CRITERIA ===
 # (what was measured, key in main()'s result, comparison, threshold or another key)
-# Each check fails for some broken version, measured with this file's settings:
+# Each check fails for some broken version, measured with this file's settings (the spec
+# entry lists them with their scores; the tests rerun them):
 # - a sign error in the margin (chosen and rejected swapped) drives the loss to 0.03 just as
 #   well, but ranks 0% of held-out pairs right and collapses the policy onto empty names
 #   (share gain -0.24): the loss cannot see the bug, the accuracy and the lengths can;
-# - beta used backwards (the loss at 1 / beta) passes the first four checks and fails the
-#   last: KL 1.12 at "beta 1.0" against 0.41 at "beta 0.1";
-# - DPO on an untrained policy (NUM_STEPS = 0) ends at loss 0.614 with no length gain (its
-#   random strings are 76.5% long before DPO).
+# - the reference dropped from the loss (margin = log pi(c) - log pi(r)) ends at loss 0.80,
+#   and both betas move the policy equally far: KL 2.91 and 2.78, 0.7 standard errors apart;
+# - beta outside the sigmoid (-beta * log sigmoid(m)) passes the first four checks: Adam
+#   takes the same steps at both betas, so the KLs end 0.1 standard errors apart;
+# - beta used backwards (the loss at 1 / beta) ends with the larger KL at "beta 1.0"
+#   (1.12 against 0.41 at "beta 0.1", -6.2 standard errors).
+# The two KL rows compare estimates from KL_SAMPLES samples each, so each asks for a gap of
+# more than 3 standard errors, which the luck of the samples alone does not produce.
 # Before DPO the loss is ln 2, every held-out margin is exactly 0 and the KL is 0.
 CRITERIA = [
     ("DPO loss, mean of the last 20 steps (ln 2 at start)", "final_dpo_loss", "<", 0.6),

@@ -16,9 +16,9 @@ the run measures the second on the real one:
 1. The gradient of the expected score is an expectation we can sample:
    grad E[R] = E[R * grad log pi(name)]   (the log-derivative trick, derived below).
 2. Subtracting from every score a baseline b that does not depend on the sampled name
-   leaves that expectation unchanged (unbiased) but shrinks the noise of its estimate. On the same 800 sampled names, the run computes
-   the gradient estimate of 50 batches with and without the baseline and prints how much
-   the baseline cuts their variance.
+   leaves that expectation unchanged (unbiased) but shrinks the noise of its estimate. On
+   the same 800 sampled names, the run computes the gradient estimate of 50 batches with
+   and without the baseline and prints how much the baseline cuts their variance.
 
 Everything (the policy, its pretraining, the RL loop) is in this file; the policy is a small
 character MLP with its own scalar autograd, as in foundational/microgpt.py.
