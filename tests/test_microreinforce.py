@@ -274,6 +274,41 @@ def test_exact_expectation_of_the_batch_mean_baseline_is_shrunk_by_n_minus_1_ove
         assert leave_one_out == pytest.approx(e_rs, rel=1e-9)
 
 
+def test_exact_expectation_of_a_baseline_from_the_names_own_reward_is_biased(short_policy,
+                                                                          monkeypatch):
+    # A baseline that is a function of the scored name's own reward, b(R_i), is not subtracted
+    # for free: E[(R - b(R)) s] = grad E[R - b(R)], the gradient of another objective. The run's
+    # score_mean_ratio cannot see this (b cancels from it), so it is checked here, exactly.
+    monkeypatch.setattr(rl, "MAX_LEN", 2)
+    model, params, sequences, probs, scores = short_policy
+    rewards = [rl.reward(len(x)) for x in sequences]
+    weights = rl.snapshot(model)
+
+    def expectation(h, k):
+        return sum(p * h(r) * s[k] for p, r, s in zip(probs, rewards, scores))
+
+    def objective(h):
+        return sum(h(r) * math.exp(sum(rl.float_log_probs(weights, x, END)))
+                   for x, r in zip(sequences, rewards))
+
+    moving = [k for k in range(len(params)) if abs(expectation(lambda r: r, k)) > 1e-4]
+    for k in random.Random(10).sample(moving, 2):
+        e_rs = expectation(lambda r: r, k)
+        # b = the name's own reward (a group of one): the estimate is 0, whatever the gradient
+        assert expectation(lambda r: r - r, k) == 0.0 and abs(e_rs) > 1e-4
+        # b = R^2: the expectation moves away from grad J to grad E[R - R^2]
+        with_own = expectation(lambda r: r - r * r, k)
+        assert abs(with_own - e_rs) > 0.05 * abs(e_rs)
+        name, row, col = locate(model, params[k])
+        original = weights[name][row][col]
+        weights[name][row][col] = original + 1e-6
+        up = objective(lambda r: r - r * r)
+        weights[name][row][col] = original - 1e-6
+        down = objective(lambda r: r - r * r)
+        weights[name][row][col] = original
+        assert math.isclose(with_own, (up - down) / 2e-6, rel_tol=1e-5, abs_tol=1e-9)
+
+
 # --- the variance measurement ----------------------------------------------------------------
 
 
@@ -282,9 +317,9 @@ def test_variance_measurement_with_a_zero_baseline_equals_no_baseline(monkeypatc
     monkeypatch.setattr(rl, "BATCH_SIZE", 4)
     model, params = tiny_policy()
     random.seed(1)
-    variances, bias_ratio, mean_reward = rl.measure_baseline_variance(model, params, 0.0, END)
+    variances, score_ratio, mean_reward = rl.measure_baseline_variance(model, params, 0.0, END)
     assert variances["moving average"] == pytest.approx(variances["none"], rel=1e-12)
-    assert variances["none"] > 0 and math.isfinite(bias_ratio) and 0 <= mean_reward <= 1
+    assert variances["none"] > 0 and math.isfinite(score_ratio) and 0 <= mean_reward <= 1
     assert all(p.grad == 0.0 for p in params)   # measuring must not leave gradients behind
 
 
