@@ -710,10 +710,10 @@ def long_share(names):
 
 def gap_in_standard_errors(kl_a, error_a, kl_b, error_b):
     """(a - b) / sqrt(e_a^2 + e_b^2): a difference of two independent KL estimates in units
-    of its own sampling noise. Two estimates of the same KL differ by more than 3 of these
-    units about once in 740 draws (the normal tail), so a row that asks for more than 3
-    cannot pass by the luck of the samples. With no noise at all (both policies equal to the
-    reference) there is no difference to measure: NaN, which fails."""
+    of its own sampling noise. Of two estimates of the same KL, one exceeds the other by more
+    than 3 of these units about once in 740 draws (the normal tail beyond 3), so a row that
+    asks for more than 3 cannot pass by the luck of the samples. With no noise at all (both
+    policies equal to the reference) there is no difference to measure: NaN, which fails."""
     spread = math.sqrt(error_a ** 2 + error_b ** 2)
     return (kl_a - kl_b) / spread if spread > 0.0 else float("nan")
 

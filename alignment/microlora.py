@@ -911,7 +911,7 @@ def main():
     # takes that out: the chart shows, for each name, how far below the base model's loss
     # the method scored it just before its step on it (its gain so far, on a name not yet
     # trained on). In the default run both rise, from 0.14 (F) and 0.21 (L) on the first 10
-    # names to rows 0.41 to 0.74 of the chart on the last 50.
+    # names to between 0.41 and 0.74 in the chart's columns for the last 50.
     base_on_adapt = [name_loss(frozen, {}, tokens) for tokens in adapt_tokens]
     print(f"\nTraining names of B: base model's loss minus the adapted model's, before each "
           f"step,\n{ADAPT_STEPS / CHART_COLUMNS:g} names per column (L = LoRA rank {LORA_RANK}, "

@@ -1089,10 +1089,12 @@ def main():
     # Both have the same expectation at every step, so the step-by-step differences average
     # to 0 up to noise: their mean is measured in units of its standard error.
     kl_diffs = [s - e for s, e in zip(history["kl"], history["kl_exact"])]
-    kl_diff_se = math.sqrt(avg([(d - avg(kl_diffs)) ** 2 for d in kl_diffs])
-                           / max(1, len(kl_diffs) - 1))
-    kl_gap_se = (abs(avg(kl_diffs)) / kl_diff_se if kl_diff_se > 0
-                 else 0.0 if avg(kl_diffs) == 0 else math.inf)
+    mean_diff = avg(kl_diffs)
+    # standard error of the mean: sample standard deviation / sqrt(n)
+    kl_diff_se = math.sqrt(sum((d - mean_diff) ** 2 for d in kl_diffs)
+                           / (len(kl_diffs) * max(1, len(kl_diffs) - 1)))
+    kl_gap_se = (abs(mean_diff) / kl_diff_se if kl_diff_se > 0
+                 else 0.0 if mean_diff == 0 else math.inf)
     kl_final_high = avg(history_high["kl"][-window:])
     print(f"\n{'policy':<22} {'reward':>8} {'KL/name':>8} {'> 6 letters':>12} {'length':>7} "
           f"{'clip frac':>10}")

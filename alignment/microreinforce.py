@@ -503,7 +503,7 @@ def surrogate_loss(batch_nlls, advantages):
 # a function of the name's own reward, E[(R - b(R)) * s] = grad E[R - b(R)] by the same
 # log-derivative trick: the gradient of another objective. The extreme case, b = the name's
 # own reward (a "group" of one name), leaves R - R = 0 and no gradient at all; the batch
-# mean shrinks the gradient by 1/N, as said above, too little for 800 names to show. The
+# mean scales the gradient by (N - 1)/N, as said above, too little for 800 names to show. The
 # tests compute both exactly, by enumerating every name of a short policy.
 
 

@@ -391,6 +391,10 @@ def gradient_check(W, names, bucket_cache):
         hand = grad_rows[row][d] if row in grad_rows else 0.0
         gaps.append(abs(hand - numeric))
         sizes.append(abs(numeric))
+    # max() would skip a NaN that is not first (max(0.0, nan) is 0.0): a non-finite gradient
+    # or loss must make the check NaN, which fails its row, not vanish inside the maximum.
+    if not all(math.isfinite(x) for x in gaps + sizes):
+        return math.nan
     return max(gaps) / max(sizes)
 
 

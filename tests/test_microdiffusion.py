@@ -292,3 +292,16 @@ def test_reverse_step_matches_the_posterior_formula_and_catches_a_wrong_step(mon
         return embedding(t - 1 if shifted["calls"] % 2 else t)
     monkeypatch.setattr(md, "time_embedding", off_by_one_in_the_sampler)
     assert md.reverse_step_error(params, points, schedule) > 1e-3
+
+
+def test_reverse_step_error_is_infinite_when_a_step_is_nan(monkeypatch):
+    # A NaN in the second coordinate only: max() over the two gaps would skip it.
+    random.seed(5)
+    params, schedule = md.init_params(), md.make_schedule()
+    points = [(random.gauss(0, 1), random.gauss(0, 1)) for _ in range(3)]
+    original = md.reverse_step
+
+    def nan_in_y(*args):
+        return [(x, math.nan) for x, _ in original(*args)]
+    monkeypatch.setattr(md, "reverse_step", nan_in_y)
+    assert md.reverse_step_error(params, points, schedule) == math.inf
