@@ -35,7 +35,7 @@ norm), and the `Value` autograd follows his micrograd; batch normalisation is fr
 Szegedy (2015). Read his originals too: https://github.com/karpathy/makemore and
 https://github.com/karpathy/micrograd
 
-Run: python alignment/microbatchnorm.py    (about 15 s on the 2-core CI machine)
+Run: python alignment/microbatchnorm.py    (about 8 s on the 2-core CI machine)
 """
 import gc
 import hashlib

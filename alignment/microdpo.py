@@ -21,7 +21,7 @@ the run, 24% of the sampled names are longer than 6 letters before DPO and 98.5%
 KL from the reference ends at 2.95 nats per name at beta 0.1 and at 1.15 at beta 1.0. The
 samples it prints show what the further move does to the names themselves.
 
-Run: python alignment/microdpo.py    (about 40 s on the 2-core CI machine)
+Run: python alignment/microdpo.py    (about 22 s on the 2-core CI machine)
 """
 import gc
 import hashlib

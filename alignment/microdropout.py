@@ -29,7 +29,7 @@ nanoGPT's training script defaults to dropout 0.0 for pretraining, and OpenAI's 
 code has no dropout layer at all (the 0.1 often quoted for GPT-2 is the default of Hugging
 Face's GPT2Config). Weight decay, on the other hand, is almost everywhere, through AdamW.
 
-Run: python alignment/microdropout.py    (about 25 s on the 2-core CI machine)
+Run: python alignment/microdropout.py    (about 16 s on the 2-core CI machine)
 """
 import gc
 import hashlib

@@ -27,7 +27,7 @@ simplest way to learn from a checker, and the two are set side by side at the en
 Everything (the policy, its pretraining, both RL loops) is in this file, with its own scalar
 autograd as in foundational/microgpt.py.
 
-Run: python alignment/microgrpo.py    (about 20 s on the 2-core CI machine)
+Run: python alignment/microgrpo.py    (about 11 s on the 2-core CI machine)
 """
 import gc
 import hashlib

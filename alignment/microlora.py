@@ -36,7 +36,7 @@ assert instead is what makes LoRA LoRA: it starts exactly at the base, its adapt
 small share of the model, the base stays bit for bit unchanged, and the merged matrix gives
 the adapter's logits at every rank.
 
-Run: python alignment/microlora.py    (about 50 s on the 2-core CI machine)
+Run: python alignment/microlora.py    (about 35 s on the 2-core CI machine)
 """
 import gc
 import hashlib

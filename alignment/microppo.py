@@ -26,7 +26,7 @@ The policy uses the scalar `Value` autograd (PPO's gradient must flow through it
 reward model and the value head are plain-float models whose gradients are derived by hand
 in the comments (the tests check every one against finite differences).
 
-Run: python alignment/microppo.py    (about 25 s on the 2-core CI machine)
+Run: python alignment/microppo.py    (about 15 s on the 2-core CI machine)
 """
 import gc
 import hashlib

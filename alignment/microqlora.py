@@ -22,7 +22,7 @@ This file runs the whole story on baby names and measures each claim:
     -> LoRA on the float base and QLoRA on the 4-bit base, same start, same names, n-z
     -> held-out losses -> bytes needed to fine-tune: full, LoRA, QLoRA
 
-Run: python alignment/microqlora.py    (about 40 s on the 2-core CI machine)
+Run: python alignment/microqlora.py    (about 27 s on the 2-core CI machine)
 """
 import bisect
 import gc

@@ -23,7 +23,7 @@ the run measures the second on the real one:
 Everything (the policy, its pretraining, the RL loop) is in this file; the policy is a small
 character MLP with its own scalar autograd, as in foundational/microgpt.py.
 
-Run: python alignment/microreinforce.py    (about 20 s on the 2-core CI machine)
+Run: python alignment/microreinforce.py    (about 13 s on the 2-core CI machine)
 """
 import gc
 import hashlib

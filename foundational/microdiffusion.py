@@ -18,7 +18,7 @@ derived by hand on plain floats (no autograd): a run pushes about 150,000 points
 the network (72,000 in training, 70,000 in sampling, 4,000 in the two held-out evaluations
 and 4,000 in the check of the sampler), far too many for a scalar autograd graph.
 
-Run: python foundational/microdiffusion.py    (about 17 s on the 2-core CI machine)
+Run: python foundational/microdiffusion.py    (about 13 s on the 2-core CI machine)
 """
 import bisect
 import math

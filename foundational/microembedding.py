@@ -16,7 +16,7 @@ plain floats below, with every step of the chain rule written next to the variab
 it. The run ends by checking it against finite differences of the loss written plainly from
 its formula (the last row of its criteria table), and the tests check every entry of it.
 
-Run: python foundational/microembedding.py    (about 20 s on the 2-core CI machine)
+Run: python foundational/microembedding.py    (about 14 s on the 2-core CI machine)
 """
 import hashlib
 import heapq

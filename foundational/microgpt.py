@@ -20,7 +20,7 @@ file). It is rewritten for this collection's commentary and adds fused autograd 
 speed lever the rest of the collection relies on. Read his originals too:
 https://github.com/karpathy/micrograd and https://github.com/karpathy/makemore
 
-Run: python foundational/microgpt.py    (about 25 s on the 2-core CI machine)
+Run: python foundational/microgpt.py    (about 21 s on the 2-core CI machine)
 """
 import gc
 import hashlib

@@ -22,7 +22,7 @@ it gets about as many right as a blind guess would (1 in 8) and makes the rest u
 model copies the answer out of the retrieved text. The criteria table at the end measures
 that gap, and one more claim: edit the documents, and the same weights give the new answer.
 
-Run: python foundational/microrag.py    (about 15 s on the 2-core CI machine)
+Run: python foundational/microrag.py    (about 12 s on the 2-core CI machine)
 """
 import math
 import operator

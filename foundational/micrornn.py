@@ -33,7 +33,7 @@ condenses the RNN to GRU step of that progression into one comparative script, w
 scalar autograd of his micrograd (https://github.com/karpathy/micrograd). Written from
 scratch for this collection's commentary.
 
-Run: python foundational/micrornn.py    (about 40 s on the 2-core CI machine)
+Run: python foundational/micrornn.py    (about 28 s on the 2-core CI machine)
 """
 import contextlib
 import gc

@@ -20,7 +20,7 @@ floats, one chain-rule step per line; the tests check every gradient against fin
 differences. A second run from the same start with a much larger beta shows the other end of
 the dial: the posterior collapses onto the prior and the decoder all but stops using z.
 
-Run: python foundational/microvae.py    (about 12 s on the 2-core CI machine)
+Run: python foundational/microvae.py    (about 7 s on the 2-core CI machine)
 """
 import math
 import operator

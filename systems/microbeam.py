@@ -22,7 +22,7 @@ the distance reached by the same number of samples drawn from the target itself.
 a subtle bug (resampling from the target instead of from the residual) is run the same way,
 to show the test can tell the difference.
 
-Run: python systems/microbeam.py    (about 40 s on the 2-core CI machine)
+Run: python systems/microbeam.py    (about 23 s on the 2-core CI machine)
 """
 import bisect
 import gc

@@ -19,7 +19,7 @@ rather than as wall time, which Python would blur. The last part simulates paged
 in the manner of vLLM's PagedAttention: the cache lives in fixed-size blocks found through
 a block table, instead of one slab reserved for the longest possible sequence.
 
-Run: python systems/microkv.py    (about 10 s on the 2-core CI machine)
+Run: python systems/microkv.py    (about 6 s on the 2-core CI machine)
 """
 import gc
 import hashlib

@@ -25,7 +25,7 @@ the inputs X the layer sees on calibration names. At 3 bits, with the very same 
 cuts the damage plain rounding does to the model's predictions by more than half (the run
 prints both, and the same comparison at 2 bits, where the gap in loss is wider).
 
-Run: python systems/microquant.py    (about 35 s on the 2-core CI machine)
+Run: python systems/microquant.py    (about 21 s on the 2-core CI machine)
 """
 import gc
 import hashlib
