@@ -8,8 +8,8 @@ from support import ROOT, TIERS, implemented_specs, load_script, read_spec, scri
 
 def test_spec_lists_all_planned_scripts():
     specs = read_spec()
-    assert len(specs) == 21
-    assert len({s.path for s in specs}) == 21
+    assert len(specs) >= 21
+    assert len({s.path for s in specs}) == len(specs)
     for spec in specs:
         assert spec.status in ("implemented", "planned"), spec.path
         assert spec.budget_seconds > 0, spec.path
@@ -22,8 +22,11 @@ def test_every_script_on_disk_is_implemented_in_the_spec():
     assert on_disk == implemented
 
 
-def test_total_budget_keeps_the_suite_near_fifteen_minutes():
-    assert sum(s.budget_seconds for s in read_spec()) <= 15 * 60
+def test_total_budget_leaves_room_in_ci():
+    # CI has 45 minutes for everything and runs the slow tests on two workers. The full runs
+    # at their budgets may take at most a third of it, 15 minutes of wall time on 2 cores,
+    # which leaves the rest for the broken versions, the challenges and the fast tests.
+    assert sum(s.budget_seconds for s in read_spec()) <= 2 * 15 * 60
 
 
 @pytest.mark.parametrize("spec", implemented_specs(), ids=lambda s: s.name)
