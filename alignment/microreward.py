@@ -1,0 +1,643 @@
+"""microreward: a reward model learned from preferences, and how optimising it too hard breaks it.
+
+Every RLHF pipeline learns its reward from comparisons: people (or a stronger model) say which
+of two outputs they prefer, a reward model is fitted to those choices with the Bradley-Terry
+loss, and the policy is then pushed to score high under it. The reward model is only a proxy
+for what the people wanted, fitted on a limited number of comparisons, and pushing hard on a
+proxy finds the places where it is wrong. Gao, Schulman and Hilton (2022, "Scaling laws for
+reward model overoptimization") measured this with a "gold" reward standing in for the people:
+as the policy optimises the proxy harder, the proxy's score keeps rising while the gold score
+rises, peaks and falls. This file builds the whole experiment small enough to read:
+
+    base model   a character trigram model counted on half of names.txt writes names
+    gold reward  a stated function of a name: how name-like it is under a trigram model
+                 counted on the other half, minus a penalty for straying from 10 letters
+    labels       pairs of base samples, the winner drawn from Bradley-Terry on the gold
+                 reward at temperature T: noisy, like real preference data
+    proxy        a small network on letter counts and length, trained on 1,000 such pairs
+    best-of-n    draw n names, keep the one the proxy likes best, for n = 1, 2, 4, ..., 1024
+
+In the run the proxy orders 78% of held-out pairs as their labels do, against a ceiling of
+91% that no model can beat (the labels are noisy). Best-of-n against it raises the gold reward
+from -5.24 (n = 1) to -4.07 (n = 4), and then the gold reward falls, to -11.0 at n = 1024,
+while the proxy's score rises at every step. What produces the fall: the preference pairs
+come from the base model, which rarely writes names longer than 12 letters, so the proxy
+learns "longer is better" from the short names it saw and extrapolates it; best-of-n at large
+n is exactly a search for the rare long names the proxy never saw judged. A small audit, gold
+labels for 64 outputs per n, flags the turn.
+
+Run: python alignment/microreward.py    (about 20 s on the 2-core CI machine)
+"""
+import bisect
+import hashlib
+import math
+import operator
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
+
+# === HYPERPARAMETERS ===
+MAX_LETTERS = 20        # a sampled name is cut at 20 letters (the longest in names.txt is 15)
+BASE_SMOOTHING = 0.05   # add-k counts of the base model: it can write letters it never saw
+GOLD_SMOOTHING = 0.1    # add-k counts of the gold judge's trigram model
+GOLD_LENGTH = 10        # the gold reward's favourite length (L0)
+LENGTH_WEIGHT = 0.1     # lambda of the gold reward's length penalty lambda * (len - L0)^2
+TEMPERATURE = 0.5       # Bradley-Terry temperature T of the labels
+NUM_PAIRS = 300         # training preference pairs: the limited data the proxy learns from
+HELDOUT_PAIRS = 2000    # held-out pairs for the proxy's accuracy and the ceiling
+HIDDEN = 8              # hidden ReLU units of the proxy
+INIT_STD = 0.3          # the proxy's first-layer weights start at N(0, 0.3^2)
+NUM_EPOCHS = 12         # passes over the training pairs
+BATCH_SIZE = 20         # pairs per Adam step
+LEARNING_RATE = 0.01
+BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
+POOL_SIZE = 40000       # base samples drawn once and scored once for the best-of-n curve
+POOL_PARTS = 10         # the pool is split in parts to get standard errors
+BON_NS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+AUDIT_GROUPS = 64       # the detector's gold labels per n
+SEED = 42               # the entry reports seeds 1, 2 and 3 as well
+
+# === DATA ===
+# Every no-magic script shares one download cache, so names.txt is fetched once.
+# Set NO_MAGIC_DATA_DIR to use another folder (CI points it at a local copy).
+DATA_URL = "https://raw.githubusercontent.com/karpathy/makemore/master/names.txt"
+DATA_SHA256 = "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d"
+DATA_FILE = "names.txt"
+
+
+def data_dir():
+    """The shared cache folder: $NO_MAGIC_DATA_DIR, else $XDG_CACHE_HOME/no-magic."""
+    override = os.environ.get("NO_MAGIC_DATA_DIR")
+    if override:
+        return override
+    cache_root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache_root, "no-magic")
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 16), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ensure_dataset():
+    """Return the path of a checksum-verified copy of DATA_FILE, downloading it if needed."""
+    folder = data_dir()
+    path = os.path.join(folder, DATA_FILE)
+    cached_sha = sha256_of(path) if os.path.isfile(path) else None
+    if cached_sha == DATA_SHA256:
+        return path
+    # Download beside the target and rename only after the checksum matches, so an
+    # interrupted or corrupted download can never be mistaken for the real file.
+    partial = None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, partial = tempfile.mkstemp(dir=folder, prefix=DATA_FILE + ".", suffix=".partial")
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(DATA_URL, timeout=30) as response:
+            shutil.copyfileobj(response, out)
+        if sha256_of(partial) != DATA_SHA256:
+            raise OSError("the downloaded file failed its SHA-256 check")
+        os.replace(partial, path)
+    except OSError as error:  # URLError, timeouts and disk errors are all OSErrors
+        if partial and os.path.exists(partial):
+            os.remove(partial)
+        if cached_sha is not None:
+            # A file is there but it is not the expected one (another version, a truncated
+            # copy): say exactly that, and leave the file alone.
+            sys.exit(f"error: {path} does not match the expected SHA-256,\n"
+                     f"and no fresh copy could be downloaded ({error}).\n"
+                     f"  expected {DATA_SHA256}\n  found    {cached_sha}\n"
+                     f"The file was left as it is. Replace it with a copy of {DATA_URL}\n"
+                     f"(or set NO_MAGIC_DATA_DIR to a folder that holds the right {DATA_FILE}).")
+        sys.exit(f"error: could not get {DATA_FILE} ({error}).\n"
+                 f"Download {DATA_URL}\nand save it as {path}\n"
+                 f"(or set NO_MAGIC_DATA_DIR to a folder that holds {DATA_FILE}).")
+    return path
+
+
+def load_names():
+    with open(ensure_dataset(), encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+# === CHARACTER TRIGRAM MODELS ===
+# Both the base model and the gold judge are trigram tables: P(c | the two characters before
+# it), counted on names and smoothed by adding k to every count, so that no string has
+# probability 0. "." pads the start (twice) and marks the end, so "ava" is counted as the
+# trigrams "..a", ".av", "ava", "va.". They are counted on different halves of names.txt: the
+# judge has read other names than the model it judges.
+# Signpost: in real RLHF the base model is a pretrained LLM and the gold standard is people;
+# Gao et al. used a 6B reward model as the gold and smaller ones as proxies.
+END = "."
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+SYMBOLS = LETTERS + END   # 27 outcomes of every draw; END has id 26
+SYMBOL_ID = {c: i for i, c in enumerate(SYMBOLS)}
+
+
+def count_trigrams(names, smoothing):
+    """{two-character context: [count + k for each of the 27 next symbols]}."""
+    table = {}
+    for name in names:
+        padded = END + END + name + END
+        for a, b, c in zip(padded, padded[1:], padded[2:]):
+            table.setdefault(a + b, [smoothing] * len(SYMBOLS))[SYMBOL_ID[c]] += 1.0
+    return table
+
+
+def cumulative(table):
+    # Running totals of each row, so that one uniform draw and a binary search (bisect)
+    # pick the next symbol with probability count / row total.
+    rows = {}
+    for context, row in table.items():
+        total, running = 0.0, []
+        for count in row:
+            total += count
+            running.append(total)
+        rows[context] = running
+    return rows
+
+
+def sample_name(cumulative_rows, rng):
+    """One name from the base model, drawn one character at a time until END."""
+    # A context the table never saw (only reachable through a smoothed count) falls back to
+    # a uniform draw, which is what add-k smoothing gives an empty row.
+    uniform = [float(i + 1) for i in range(len(SYMBOLS))]
+    letters, context = [], END + END
+    while len(letters) < MAX_LETTERS:
+        row = cumulative_rows.get(context, uniform)
+        symbol = SYMBOLS[bisect.bisect(row, rng.random() * row[-1])]
+        if symbol == END:
+            break
+        letters.append(symbol)
+        context = context[1] + symbol
+    return "".join(letters)
+
+
+# === THE GOLD REWARD ===
+# The gold reward is what the preferences are really about. It is a fixed function that a
+# reader can compute by hand:
+#     gold(y) = namelike(y) - LENGTH_WEIGHT * (len(y) - GOLD_LENGTH)^2
+#     namelike(y) = (1 / (len(y) + 1)) * sum_t log P_judge(y_t | y_{t-2} y_{t-1})
+# namelike is the mean log-probability per symbol (END included) under the judge's trigram
+# model: near -1.9 for a real name, -3 to -6 for letter salad. The length term prefers names
+# of about GOLD_LENGTH letters and costs more the further a name strays, on both sides.
+
+
+def make_gold(judge_table):
+    row_totals = {context: sum(row) for context, row in judge_table.items()}
+    unseen = math.log(GOLD_SMOOTHING / (GOLD_SMOOTHING * len(SYMBOLS)))   # log(1/27)
+
+    def namelike(name):
+        padded = END + END + name + END
+        total = 0.0
+        for a, b, c in zip(padded, padded[1:], padded[2:]):
+            row = judge_table.get(a + b)
+            total += (math.log(row[SYMBOL_ID[c]] / row_totals[a + b]) if row is not None
+                      else unseen)
+        return total / (len(name) + 1)
+
+    def gold(name):
+        return namelike(name) - LENGTH_WEIGHT * (len(name) - GOLD_LENGTH) ** 2
+
+    return gold
+
+
+# === PREFERENCE DATA: BRADLEY-TERRY LABELS ===
+# A judge compares two names a and b and prefers a with probability
+#     P(a > b) = sigmoid((gold(a) - gold(b)) / T)          (T = TEMPERATURE)
+# the Bradley-Terry model, the same one the reward model assumes. T sets the noise: two
+# names whose gold rewards differ by T are ordered "right" 73% of the time, not always.
+# Because of the noise, no model can order every held-out pair as its label does. The best
+# possible guess for a pair is the gold order, which agrees with the label with probability
+# sigmoid(|gold(a) - gold(b)| / T) (the larger of P and 1 - P), so the Bayes-optimal accuracy
+# on a set of pairs is the mean of that: the ceiling the run prints.
+
+
+def sigmoid(z):
+    return 0.5 * (1.0 + math.tanh(0.5 * z))   # = 1 / (1 + e^-z), with no overflow
+
+
+def label_pairs(samples, gold, rng):
+    """Consecutive samples made into pairs, ordered (chosen, rejected) by a Bradley-Terry draw."""
+    pairs = []
+    for a, b in zip(samples[0::2], samples[1::2]):
+        p_a_wins = sigmoid((gold(a) - gold(b)) / TEMPERATURE)
+        pairs.append((a, b) if rng.random() < p_a_wins else (b, a))
+    return pairs
+
+
+def bayes_ceiling(pairs, gold):
+    """Expected accuracy of the best possible model (the gold order) against noisy labels."""
+    return sum(sigmoid(abs(gold(a) - gold(b)) / TEMPERATURE) for a, b in pairs) / len(pairs)
+
+
+# === THE PROXY REWARD MODEL ===
+# A small network with a scalar head, on plain floats with hand-derived gradients:
+#     x = [count of each letter (26), length / 5]       (a sparse list of (index, value))
+#     h = relu(W1 x + b1)        (HIDDEN units)
+#     r = w2 . h + b2
+# It sees which letters a name has and how long it is, not their order. 27 * 8 + 8 + 8 + 1
+# = 233 parameters. Signpost: production reward models are language models with the output
+# layer replaced by a scalar head (InstructGPT's was a 6B GPT), trained with this same loss.
+
+
+def features(name):
+    counts = [0.0] * (len(LETTERS) + 1)
+    for c in name:
+        counts[SYMBOL_ID[c]] += 1.0
+    counts[-1] = len(name) / 5.0
+    # Only the non-zero entries: a name touches at most 8 of the 27 inputs, so the forward
+    # pass and the gradient cost a third of the dense ones.
+    return [(k, v) for k, v in enumerate(counts) if v]
+
+
+def init_proxy(rng):
+    # Random W1 so the hidden units differ; w2 = 0, so every name first scores 0 and the first
+    # Bradley-Terry loss is exactly ln 2 per pair.
+    n_in = len(LETTERS) + 1
+    return {"W1": [[rng.gauss(0.0, INIT_STD) for _ in range(n_in)] for _ in range(HIDDEN)],
+            "b1": [0.0] * HIDDEN, "w2": [0.0] * HIDDEN, "b2": [0.0]}
+
+
+def proxy_forward(proxy, x):
+    """The proxy's score r of a feature list x, and the hidden activations h."""
+    h = [max(0.0, sum(row[k] * v for k, v in x) + b) for row, b in zip(proxy["W1"], proxy["b1"])]
+    return sum(map(operator.mul, proxy["w2"], h)) + proxy["b2"][0], h
+
+
+def add_proxy_gradient(proxy, grads, x, h, scale):
+    # Chain rule by hand, for r = w2 . h + b2 with h = relu(W1 x + b1), times scale = dL/dr:
+    #     dr/db2 = 1,   dr/dw2_j = h_j,
+    #     dr/db1_j = w2_j [h_j > 0],   dr/dW1_jk = w2_j [h_j > 0] x_k
+    # (relu passes gradient only where its input was positive)
+    grads["b2"][0] += scale
+    for j, hj in enumerate(h):
+        grads["w2"][j] += scale * hj
+        if hj > 0.0:
+            pre = scale * proxy["w2"][j]
+            grads["b1"][j] += pre
+            row = grads["W1"][j]
+            for k, v in x:
+                row[k] += pre * v
+
+
+# === THE BRADLEY-TERRY LOSS ===
+# The proxy models the same choice as the labels: P(chosen > rejected) = sigmoid(m), with the
+# margin m = r(chosen) - r(rejected). Maximising the likelihood of the observed choices means
+# minimising, per pair,
+#     L = -log sigmoid(m) = softplus(-m) = log(1 + e^-m)
+#     dL/dm = sigmoid(m) - 1 = -sigmoid(-m),   dm/dr(chosen) = +1,  dm/dr(rejected) = -1
+# A pair already ordered by a wide margin (sigmoid(m) near 1) pulls little; a wrongly ordered
+# pair pulls with a weight near 1. The proxy is free to pick its own scale (it learns
+# r ~ gold / T up to a constant), since only differences of r enter the loss.
+
+
+def softplus(z):
+    # log(1 + e^z), written so that exp() never overflows: max(z, 0) + log(1 + e^-|z|)
+    return max(z, 0.0) + math.log1p(math.exp(-abs(z)))
+
+
+def bradley_terry_loss_and_grads(proxy, batch):
+    """Mean Bradley-Terry loss over a batch of (chosen features, rejected features)."""
+    grads = {"W1": [[0.0] * len(row) for row in proxy["W1"]], "b1": [0.0] * HIDDEN,
+             "w2": [0.0] * HIDDEN, "b2": [0.0]}
+    total = 0.0
+    for x_chosen, x_rejected in batch:
+        r_chosen, h_chosen = proxy_forward(proxy, x_chosen)
+        r_rejected, h_rejected = proxy_forward(proxy, x_rejected)
+        margin = r_chosen - r_rejected
+        total += softplus(-margin)
+        dl_dm = (sigmoid(margin) - 1.0) / len(batch)
+        add_proxy_gradient(proxy, grads, x_chosen, h_chosen, dl_dm)
+        add_proxy_gradient(proxy, grads, x_rejected, h_rejected, -dl_dm)
+    return total / len(batch), grads
+
+
+def slots(tree):
+    # Every weight as (list, index), in a fixed order, for Adam
+    out = []
+    for rows in tree.values():
+        for row in (rows if isinstance(rows[0], list) else [rows]):
+            out.extend((row, i) for i in range(len(row)))
+    return out
+
+
+def train_proxy(proxy, pairs, rng, start):
+    """Adam on mini-batches of BATCH_SIZE pairs, NUM_EPOCHS passes; returns the batch losses."""
+    data = [(features(chosen), features(rejected)) for chosen, rejected in pairs]
+    params = slots(proxy)
+    m, v, t, losses = [0.0] * len(params), [0.0] * len(params), 0, []
+    for epoch in range(NUM_EPOCHS):
+        rng.shuffle(data)
+        for b in range(0, len(data), BATCH_SIZE):
+            loss, grads = bradley_terry_loss_and_grads(proxy, data[b:b + BATCH_SIZE])
+            t += 1
+            # m = b1 m + (1 - b1) g ; v = b2 v + (1 - b2) g^2 ; p -= lr m_hat / (sqrt(v_hat) + eps)
+            for i, ((row, j), (grow, gj)) in enumerate(zip(params, slots(grads))):
+                g = grow[gj]
+                m[i] = BETA1 * m[i] + (1.0 - BETA1) * g
+                v[i] = BETA2 * v[i] + (1.0 - BETA2) * g * g
+                row[j] -= LEARNING_RATE * (m[i] / (1.0 - BETA1 ** t)) / (
+                    math.sqrt(v[i] / (1.0 - BETA2 ** t)) + ADAM_EPS)
+            losses.append(loss)
+        if (epoch + 1) % 4 == 0 or epoch + 1 == NUM_EPOCHS:
+            recent = losses[-(len(data) // BATCH_SIZE):]
+            print(f"proxy epoch {epoch + 1:3d}/{NUM_EPOCHS} | Bradley-Terry loss "
+                  f"{sum(recent) / len(recent):.4f} (ln 2 = 0.6931 at the start) | "
+                  f"{time.time() - start:.1f}s")
+    return losses
+
+
+def pair_accuracy(score, pairs):
+    """Share of pairs whose label (chosen first) the score orders the same way."""
+    return sum(score(chosen) > score(rejected) for chosen, rejected in pairs) / len(pairs)
+
+
+# === BEST-OF-N, EXACTLY, BY ORDER STATISTICS ===
+# Best-of-n draws n names from the base model and keeps the one the proxy scores highest. Its
+# expected gold reward could be estimated by running it many times, but there is an exact
+# shortcut over a fixed pool of N samples: sort the pool by proxy score, ranks 0..N-1 from the
+# lowest. n draws with replacement all land at or below rank i with probability
+# ((i + 1) / N)^n, so the best of them is exactly rank i with probability
+#     w_i = ((i + 1) / N)^n - (i / N)^n
+# and E[gold of best-of-n] = sum_i w_i gold_i, over the pool, with no sampling noise beyond
+# the pool's own. Names the proxy scores equally (the same letters in another order: it sees
+# no order) share their block's probability equally, as a random tie-break would.
+# Standard errors: the pool is split into POOL_PARTS disjoint parts, the exact estimate is
+# computed on each, and the spread between parts gives the standard error of their mean.
+
+
+def best_of_n_weights(proxy_scores, n):
+    """w_i for every pool entry (in the pool's order), ties sharing their block's mass."""
+    size = len(proxy_scores)
+    order = sorted(range(size), key=proxy_scores.__getitem__)
+    weights = [0.0] * size
+    low = 0
+    while low < size:
+        high = low
+        while high + 1 < size and proxy_scores[order[high + 1]] == proxy_scores[order[low]]:
+            high += 1
+        # ranks low..high are tied: P(best lands in the block) = ((high+1)/N)^n - (low/N)^n
+        mass = ((high + 1) / size) ** n - (low / size) ** n
+        for rank in range(low, high + 1):
+            weights[order[rank]] = mass / (high + 1 - low)
+        low = high + 1
+    return weights
+
+
+def best_of_n_curve(proxy_scores, gold_scores, lengths):
+    """Per n: mean and standard error over the pool's parts of E[proxy], E[gold], E[length],
+    and the per-part gold values (for paired differences between two n)."""
+    parts = [list(range(p, len(proxy_scores), POOL_PARTS)) for p in range(POOL_PARTS)]
+    curve = []
+    for n in BON_NS:
+        per_part = []
+        for part in parts:
+            w = best_of_n_weights([proxy_scores[i] for i in part], n)
+            per_part.append([sum(wi * series[i] for wi, i in zip(w, part))
+                             for series in (proxy_scores, gold_scores, lengths)])
+        columns = list(zip(*per_part))
+        curve.append({"n": n, "proxy": mean_and_error(columns[0]),
+                      "gold": mean_and_error(columns[1]), "length": mean_and_error(columns[2]),
+                      "gold_parts": list(columns[1])})
+    return curve
+
+
+def mean_and_error(xs):
+    mean = sum(xs) / len(xs)
+    spread = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+    return mean, spread / math.sqrt(len(xs))
+
+
+def paired_z(a_parts, b_parts):
+    """mean(a - b) / its standard error, over the parts: a difference in its own noise units."""
+    diff, error = mean_and_error([a - b for a, b in zip(a_parts, b_parts)])
+    return diff / error if error > 0.0 else float("nan")
+
+
+# === THE KL OF BEST-OF-N ===
+# How far does best-of-n move from the base distribution? The formula used by Stiennon et al.
+# (2020) and Gao et al. (2022) is
+#     KL(best-of-n || base) = log n - (n - 1) / n
+# It is exact for the best of n draws from a continuous distribution (no two outcomes tie),
+# and in general an upper bound (Beirami et al., 2024, "Theoretical guarantees on the
+# best-of-n alignment policy"): outcomes with real probability mass (the same name drawn
+# twice, names the proxy cannot tell apart) make the true KL smaller. The run computes the
+# exact KL over the pool's distinct names, where the base probability of a name is its share
+# of the pool and its best-of-n probability is the sum of its entries' w_i.
+
+
+def analytic_kl(n):
+    return math.log(n) - (n - 1) / n
+
+
+def exact_kl_over_names(names, weights):
+    base, tilted = {}, {}
+    for name, w in zip(names, weights):
+        base[name] = base.get(name, 0.0) + 1.0 / len(names)
+        tilted[name] = tilted.get(name, 0.0) + w
+    return sum(p * math.log(p / base[name]) for name, p in tilted.items() if p > 0.0)
+
+
+# === DETECTING REWARD HACKING: A SMALL GOLD AUDIT ===
+# A practitioner has the proxy everywhere but the gold judge (people) only for a few outputs.
+# The audit: AUDIT_GROUPS times, draw BON_NS[-1] names and, for every n, take the proxy's
+# favourite among the first n of them (the same draws serve every n, as when one keeps the
+# candidates and raises n); have the judge score those with gold. Per n that is AUDIT_GROUPS
+# gold labels, against POOL_SIZE for the exact curve. The proxy-gold gap, both in units of
+# their standard deviation over base samples, widens with n from the start: the proxy always
+# promises more than gold delivers. What matters is when the gap widens faster than the proxy
+# rises, i.e. when the audited gold goes down: the detector flags the first n whose audited
+# gold mean is below that of n / 2.
+
+
+def run_audit(proxy_scores, gold_scores, rng):
+    largest = BON_NS[-1]
+    picked = {n: [] for n in BON_NS}
+    for _ in range(AUDIT_GROUPS):
+        draws = [rng.randrange(len(proxy_scores)) for _ in range(largest)]
+        best, seen = draws[0], 0
+        for n in BON_NS:
+            for i in draws[seen:n]:
+                if proxy_scores[i] > proxy_scores[best]:
+                    best = i
+            seen = n
+            picked[n].append(best)
+    return picked
+
+
+def standardiser(values):
+    mean = sum(values) / len(values)
+    spread = math.sqrt(sum((x - mean) ** 2 for x in values) / (len(values) - 1))
+    return lambda x: (x - mean) / spread
+
+
+# === ASCII PICTURE ===
+
+
+def curve_picture(curve, height=12):
+    """Proxy (p) and gold (g) against log2 n, each scaled to its own range."""
+    columns = []
+    for key, mark in (("proxy", "p"), ("gold", "g")):
+        ys = [point[key][0] for point in curve]
+        low, high = min(ys), max(ys)
+        columns.append([(round((y - low) / (high - low) * (height - 1)) if high > low else 0, mark)
+                        for y in ys])
+    rows = []
+    for level in range(height - 1, -1, -1):
+        line = ""
+        for (p_level, _), (g_level, _) in zip(*columns):
+            cell = ("*" if p_level == g_level == level else "p" if p_level == level
+                    else "g" if g_level == level else " ")
+            line += f"{cell:^6}"
+        rows.append(("top    |" if level == height - 1 else "bottom |" if level == 0
+                     else "       |") + line)
+    rows.append("       +" + "-" * (6 * len(curve)))
+    rows.append("      n " + "".join(f"{point['n']:^6}" for point in curve))
+    return "\n".join(rows)
+
+
+# === SUCCESS CRITERIA ===
+# (what was measured, key in main()'s result, comparison, threshold or another key)
+CRITERIA = [
+    ("proxy's held-out pair accuracy (chance 0.5)", "heldout_accuracy", ">", 0.6),
+    ("proxy's best-of-n score falls between doublings", "proxy_falls", "==", 0),
+    ("gold at its peak n minus at n = 1, in std errors", "gold_gain_z", ">", 3.0),
+    ("gold at its peak minus at the largest n, std errors", "gold_drop_z", ">", 2.0),
+    ("detector flag, doublings from the gold peak", "detector_doublings_off", "<=", 1),
+]
+COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+           "==": operator.eq}
+
+
+def print_criteria(results):
+    print(f"\n{'criterion':<52} {'measured':>12} {'threshold':>14}  result")
+    for description, key, op, target in CRITERIA:
+        value = results[key]
+        threshold = results[target] if isinstance(target, str) else target
+        # A non-finite value fails every row: NaN compares False with anything, but
+        # inf would pass a ">" row, so finiteness is checked explicitly.
+        finite = math.isfinite(value) and math.isfinite(threshold)
+        verdict = "PASS" if finite and COMPARE[op](value, threshold) else "FAIL"
+        print(f"{description:<52} {value:>12.6g} {op:>2} {threshold:<11.6g}  {verdict}")
+
+
+# === MAIN ===
+
+
+def main():
+    random.seed(SEED)   # every random draw below (split, samples, labels, init, audit) follows
+    rng = random
+    start = time.time()
+    names = load_names()
+    rng.shuffle(names)
+    half = len(names) // 2
+    base_rows = cumulative(count_trigrams(names[:half], BASE_SMOOTHING))
+    gold = make_gold(count_trigrams(names[half:], GOLD_SMOOTHING))
+    print(f"base model counted on {half} names, the gold judge on {len(names) - half}")
+    print(f"gold(y) = namelike(y) - {LENGTH_WEIGHT:g} * (len(y) - {GOLD_LENGTH})^2; "
+          f"e.g. gold('{names[0]}') = {gold(names[0]):.3f}, gold('xqzt') = {gold('xqzt'):.3f}")
+
+    # --- 1. preference data from base samples, labelled by Bradley-Terry on gold ---
+    train_pairs = label_pairs([sample_name(base_rows, rng) for _ in range(2 * NUM_PAIRS)],
+                              gold, rng)
+    heldout_pairs = label_pairs([sample_name(base_rows, rng) for _ in range(2 * HELDOUT_PAIRS)],
+                                gold, rng)
+    ceiling = bayes_ceiling(heldout_pairs, gold)
+    gold_accuracy = pair_accuracy(gold, heldout_pairs)
+    print(f"{NUM_PAIRS} training pairs, {HELDOUT_PAIRS} held-out; e.g. chosen "
+          f"'{train_pairs[0][0]}' over '{train_pairs[0][1]}'")
+
+    # --- 2. the proxy reward model ---
+    proxy = init_proxy(rng)
+    losses = train_proxy(proxy, train_pairs, rng, start)
+
+    def proxy_score(name):
+        return proxy_forward(proxy, features(name))[0]
+
+    accuracy = pair_accuracy(proxy_score, heldout_pairs)
+    train_accuracy = pair_accuracy(proxy_score, train_pairs)
+    print(f"\nheld-out pairs ordered as labelled: proxy {accuracy:.3f} (training pairs "
+          f"{train_accuracy:.3f}); Bayes ceiling {ceiling:.3f} (the gold order itself scores "
+          f"{gold_accuracy:.3f} on these labels)")
+
+    # --- 3. best-of-n against the proxy, scored by gold ---
+    pool = [sample_name(base_rows, rng) for _ in range(POOL_SIZE)]
+    proxy_scores = [proxy_score(name) for name in pool]
+    gold_scores = [gold(name) for name in pool]
+    lengths = [float(len(name)) for name in pool]
+    print(f"pool: {POOL_SIZE} base samples scored by proxy and gold | {time.time() - start:.1f}s")
+    curve = best_of_n_curve(proxy_scores, gold_scores, lengths)
+    exact_kls = [exact_kl_over_names(pool, best_of_n_weights(proxy_scores, n)) for n in BON_NS]
+
+    # --- 4. the audit ---
+    picked = run_audit(proxy_scores, gold_scores, rng)
+    z_proxy, z_gold = standardiser(proxy_scores), standardiser(gold_scores)
+    audit_gold = {n: mean_and_error([gold_scores[i] for i in picked[n]]) for n in BON_NS}
+    audit_gap = {n: sum(z_proxy(proxy_scores[i]) - z_gold(gold_scores[i]) for i in picked[n])
+                 / AUDIT_GROUPS for n in BON_NS}
+    flag_n = next((n for prev, n in zip(BON_NS, BON_NS[1:])
+                   if audit_gold[n][0] < audit_gold[prev][0]), None)
+
+    print(f"\nbest-of-n against the proxy (exact over the pool; +- one standard error over "
+          f"{POOL_PARTS} parts):")
+    print(f"{'n':>5} {'KL formula':>10} {'KL exact':>9} {'proxy':>16} {'gold':>17} "
+          f"{'length':>6} {'audit gold':>16} {'gap':>6}")
+    for point, kl in zip(curve, exact_kls):
+        n = point["n"]
+        (p, pe), (g, ge), (ln, _) = point["proxy"], point["gold"], point["length"]
+        ag, age = audit_gold[n]
+        mark = "  <- flag" if n == flag_n else ""
+        print(f"{n:>5} {analytic_kl(n):>10.3f} {kl:>9.3f} {p:>8.3f} +- {pe:<5.3f}"
+              f"{g:>9.3f} +- {ge:<5.3f}{ln:>6.2f} {ag:>8.3f} +- {age:<5.3f}"
+              f"{audit_gap[n]:>6.2f}{mark}")
+    print("\n" + curve_picture(curve))
+
+    golds = [point["gold"][0] for point in curve]
+    peak = max(range(len(golds)), key=golds.__getitem__)
+    gold_gain_z = paired_z(curve[peak]["gold_parts"], curve[0]["gold_parts"])
+    gold_drop_z = paired_z(curve[peak]["gold_parts"], curve[-1]["gold_parts"])
+    proxy_falls = sum(b["proxy"][0] < a["proxy"][0] for a, b in zip(curve, curve[1:]))
+    doublings_off = (abs(math.log2(flag_n) - math.log2(BON_NS[peak])) if flag_n is not None
+                     else float("inf"))
+    print(f"\ngold peaks at n = {BON_NS[peak]} ({golds[peak]:.3f}); n = 1 scores {golds[0]:.3f}, "
+          f"n = {BON_NS[-1]} scores {golds[-1]:.3f}; the audit flags n = {flag_n}")
+    train_lengths = sorted(len(name) for pair in train_pairs for name in pair)
+    print(f"training pairs' names: 99th percentile length "
+          f"{train_lengths[int(0.99 * len(train_lengths))]}, longest {train_lengths[-1]}")
+    top = sorted(range(POOL_SIZE), key=lambda i: -proxy_scores[i])[:8]
+    print("the proxy's favourites in the pool: " +
+          ", ".join(f"{pool[i]} ({gold_scores[i]:.1f})" for i in top))
+
+    results = {
+        "accuracy_gap": ceiling - accuracy,
+        "heldout_accuracy": accuracy,
+        "bayes_ceiling": ceiling,
+        "gold_order_accuracy": gold_accuracy,
+        "train_accuracy": train_accuracy,
+        "final_loss": sum(losses[-10:]) / len(losses[-10:]),
+        "proxy_falls": proxy_falls,
+        "gold_gain_z": gold_gain_z,
+        "gold_drop_z": gold_drop_z,
+        "gold_peak_n": BON_NS[peak],
+        "gold_at_1": golds[0],
+        "gold_at_peak": golds[peak],
+        "gold_at_largest_n": golds[-1],
+        "detector_flag_n": flag_n if flag_n is not None else float("nan"),
+        "detector_doublings_off": doublings_off,
+        "exact_kl_largest_n": exact_kls[-1],
+        "analytic_kl_largest_n": analytic_kl(BON_NS[-1]),
+    }
+    print_criteria(results)
+    print(f"total {time.time() - start:.1f}s")
+    return results
+
+
+if __name__ == "__main__":
+    main()
