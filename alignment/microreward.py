@@ -11,22 +11,24 @@ rises, peaks and falls. This file builds the whole experiment small enough to re
 
     base model   a character trigram model counted on half of names.txt writes names
     gold reward  a stated function of a name: how name-like it is under a trigram model
-                 counted on the other half, minus a penalty for straying from 10 letters
+                 counted on the other half, minus a penalty for straying from 14 letters
     labels       pairs of base samples, the winner drawn from Bradley-Terry on the gold
                  reward at temperature T: noisy, like real preference data
     proxy        a small network on letter counts and length, trained on 1,000 such pairs
     best-of-n    draw n names, keep the one the proxy likes best, for n = 1, 2, 4, ..., 1024
 
-In the run the proxy orders 78% of held-out pairs as their labels do, against a ceiling of
-91% that no model can beat (the labels are noisy). Best-of-n against it raises the gold reward
-from -5.24 (n = 1) to -4.07 (n = 4), and then the gold reward falls, to -11.0 at n = 1024,
-while the proxy's score rises at every step. What produces the fall: the preference pairs
-come from the base model, which rarely writes names longer than 12 letters, so the proxy
-learns "longer is better" from the short names it saw and extrapolates it; best-of-n at large
-n is exactly a search for the rare long names the proxy never saw judged. A small audit, gold
-labels for 64 outputs per n, flags the turn.
+In the run the proxy orders 92.9% of held-out pairs as their labels do, against a ceiling of
+95.6% that no model can beat (the labels are noisy). Best-of-n against it raises the gold
+reward from -9.94 (n = 1) to -3.86 (n = 16), and then the gold reward falls, to -5.83 at
+n = 1024, while the proxy's score rises at every step. What produces the fall is the data,
+not a faulty proxy: the base model writes names far shorter than 14 letters, so in almost
+every training pair the longer name wins and the proxy learns "longer is better". Only 13 of
+the 1,000 pairs hold two names of more than 10 letters, the pairs that could show that length
+stops paying, so past 14 letters the proxy extrapolates what it learned. Best-of-n at large n
+is a search for exactly those rare long strings (4.8% of the base samples are longer than 14
+letters). A small audit, gold labels for 64 outputs per n, flags the turn one doubling late.
 
-Run: python alignment/microreward.py    (about 20 s on the 2-core CI machine)
+Run: python alignment/microreward.py    (about 3 s on the 2-core CI machine)
 """
 import bisect
 import hashlib
@@ -44,10 +46,10 @@ import urllib.request
 MAX_LETTERS = 20        # a sampled name is cut at 20 letters (the longest in names.txt is 15)
 BASE_SMOOTHING = 0.05   # add-k counts of the base model: it can write letters it never saw
 GOLD_SMOOTHING = 0.1    # add-k counts of the gold judge's trigram model
-GOLD_LENGTH = 10        # the gold reward's favourite length (L0)
+GOLD_LENGTH = 14        # the gold reward's favourite length (L0)
 LENGTH_WEIGHT = 0.1     # lambda of the gold reward's length penalty lambda * (len - L0)^2
 TEMPERATURE = 0.5       # Bradley-Terry temperature T of the labels
-NUM_PAIRS = 300         # training preference pairs: the limited data the proxy learns from
+NUM_PAIRS = 1000        # training preference pairs: the limited data the proxy learns from
 HELDOUT_PAIRS = 2000    # held-out pairs for the proxy's accuracy and the ceiling
 HIDDEN = 8              # hidden ReLU units of the proxy
 INIT_STD = 0.3          # the proxy's first-layer weights start at N(0, 0.3^2)
@@ -59,6 +61,7 @@ POOL_SIZE = 40000       # base samples drawn once and scored once for the best-o
 POOL_PARTS = 10         # the pool is split in parts to get standard errors
 BON_NS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 AUDIT_GROUPS = 64       # the detector's gold labels per n
+LONG_PAIR = 10          # a pair of two names longer than this is reported (see the results)
 SEED = 42               # the entry reports seeds 1, 2 and 3 as well
 
 # === DATA ===
@@ -185,8 +188,10 @@ def sample_name(cumulative_rows, rng):
 #     gold(y) = namelike(y) - LENGTH_WEIGHT * (len(y) - GOLD_LENGTH)^2
 #     namelike(y) = (1 / (len(y) + 1)) * sum_t log P_judge(y_t | y_{t-2} y_{t-1})
 # namelike is the mean log-probability per symbol (END included) under the judge's trigram
-# model: near -1.9 for a real name, -3 to -6 for letter salad. The length term prefers names
-# of about GOLD_LENGTH letters and costs more the further a name strays, on both sides.
+# model: -2.26 on average over real names the judge never read, -4.38 for "xqzt". The length
+# term prefers names of GOLD_LENGTH letters and costs more the further a name strays, on both
+# sides: 3.6 at 20 letters, 6.4 at 6. The judge here likes long, elaborate names; what it
+# likes matters less than that it is fixed, stated and checkable.
 
 
 def make_gold(judge_table):
@@ -252,8 +257,8 @@ def features(name):
     for c in name:
         counts[SYMBOL_ID[c]] += 1.0
     counts[-1] = len(name) / 5.0
-    # Only the non-zero entries: a name touches at most 8 of the 27 inputs, so the forward
-    # pass and the gradient cost a third of the dense ones.
+    # Only the non-zero entries: a six-letter name touches at most 7 of the 27 inputs, so the
+    # forward pass and the gradient skip most of the dense ones.
     return [(k, v) for k, v in enumerate(counts) if v]
 
 
@@ -294,8 +299,8 @@ def add_proxy_gradient(proxy, grads, x, h, scale):
 #     L = -log sigmoid(m) = softplus(-m) = log(1 + e^-m)
 #     dL/dm = sigmoid(m) - 1 = -sigmoid(-m),   dm/dr(chosen) = +1,  dm/dr(rejected) = -1
 # A pair already ordered by a wide margin (sigmoid(m) near 1) pulls little; a wrongly ordered
-# pair pulls with a weight near 1. The proxy is free to pick its own scale (it learns
-# r ~ gold / T up to a constant), since only differences of r enter the loss.
+# pair pulls with a weight near 1. Only differences of r enter the loss, so the best the proxy
+# could do is r = gold / T plus any constant; its scale and zero point are its own.
 
 
 def softplus(z):
@@ -428,9 +433,11 @@ def paired_z(a_parts, b_parts):
 # It is exact for the best of n draws from a continuous distribution (no two outcomes tie),
 # and in general an upper bound (Beirami et al., 2024, "Theoretical guarantees on the
 # best-of-n alignment policy"): outcomes with real probability mass (the same name drawn
-# twice, names the proxy cannot tell apart) make the true KL smaller. The run computes the
+# twice, names the reward cannot tell apart) make the true KL smaller. The run computes the
 # exact KL over the pool's distinct names, where the base probability of a name is its share
-# of the pool and its best-of-n probability is the sum of its entries' w_i.
+# of the pool and its best-of-n probability is the sum of its entries' w_i. Against the proxy,
+# which gives nearly every name its own score, it matches the formula to 4 decimals at every
+# n; against a reward that sees only the length, best-of-1024 moves 4.27 nats, not 5.93.
 
 
 def analytic_kl(n):
@@ -506,7 +513,7 @@ def curve_picture(curve, height=12):
 # === SUCCESS CRITERIA ===
 # (what was measured, key in main()'s result, comparison, threshold or another key)
 CRITERIA = [
-    ("proxy's held-out pair accuracy (chance 0.5)", "heldout_accuracy", ">", 0.6),
+    ("held-out accuracy: Bayes ceiling minus proxy", "accuracy_gap", "<", 0.06),
     ("proxy's best-of-n score falls between doublings", "proxy_falls", "==", 0),
     ("gold at its peak n minus at n = 1, in std errors", "gold_gain_z", ">", 3.0),
     ("gold at its peak minus at the largest n, std errors", "gold_drop_z", ">", 2.0),
@@ -575,6 +582,9 @@ def main():
     print(f"pool: {POOL_SIZE} base samples scored by proxy and gold | {time.time() - start:.1f}s")
     curve = best_of_n_curve(proxy_scores, gold_scores, lengths)
     exact_kls = [exact_kl_over_names(pool, best_of_n_weights(proxy_scores, n)) for n in BON_NS]
+    # The same exact KL for a reward that sees only the length: every name of one length ties,
+    # so best-of-n can only move mass between 20 lengths, and the formula overstates the KL.
+    coarse_kl = exact_kl_over_names(pool, best_of_n_weights(lengths, BON_NS[-1]))
 
     # --- 4. the audit ---
     picked = run_audit(proxy_scores, gold_scores, rng)
@@ -594,10 +604,14 @@ def main():
         (p, pe), (g, ge), (ln, _) = point["proxy"], point["gold"], point["length"]
         ag, age = audit_gold[n]
         mark = "  <- flag" if n == flag_n else ""
-        print(f"{n:>5} {analytic_kl(n):>10.3f} {kl:>9.3f} {p:>8.3f} +- {pe:<5.3f}"
+        # (max: a KL of 0 can round to -1e-17; the display shows 0)
+        print(f"{n:>5} {analytic_kl(n):>10.4f} {max(kl, 0.0):>9.4f} {p:>8.3f} +- {pe:<5.3f}"
               f"{g:>9.3f} +- {ge:<5.3f}{ln:>6.2f} {ag:>8.3f} +- {age:<5.3f}"
               f"{audit_gap[n]:>6.2f}{mark}")
-    print("\n" + curve_picture(curve))
+    print(f"KL of best-of-{BON_NS[-1]} for a reward that sees only the length (ties): exact "
+          f"{coarse_kl:.3f}, formula {analytic_kl(BON_NS[-1]):.3f}")
+    print("\nproxy (p) and gold (g) of best-of-n, each scaled to its own range (* = both):")
+    print(curve_picture(curve))
 
     golds = [point["gold"][0] for point in curve]
     peak = max(range(len(golds)), key=golds.__getitem__)
@@ -608,9 +622,12 @@ def main():
                      else float("inf"))
     print(f"\ngold peaks at n = {BON_NS[peak]} ({golds[peak]:.3f}); n = 1 scores {golds[0]:.3f}, "
           f"n = {BON_NS[-1]} scores {golds[-1]:.3f}; the audit flags n = {flag_n}")
-    train_lengths = sorted(len(name) for pair in train_pairs for name in pair)
-    print(f"training pairs' names: 99th percentile length "
-          f"{train_lengths[int(0.99 * len(train_lengths))]}, longest {train_lengths[-1]}")
+    # Why the proxy extrapolates: the pairs that could show that length stops paying are
+    # those in which both names are long; the base model rarely writes two of them together.
+    long_share = sum(len(name) > GOLD_LENGTH for name in pool) / POOL_SIZE
+    both_long = sum(min(len(a), len(b)) > LONG_PAIR for a, b in train_pairs)
+    print(f"base samples longer than {GOLD_LENGTH} letters: {long_share:.1%}; training pairs "
+          f"whose two names both have more than {LONG_PAIR} letters: {both_long} of {NUM_PAIRS}")
     top = sorted(range(POOL_SIZE), key=lambda i: -proxy_scores[i])[:8]
     print("the proxy's favourites in the pool: " +
           ", ".join(f"{pool[i]} ({gold_scores[i]:.1f})" for i in top))
@@ -632,7 +649,10 @@ def main():
         "detector_flag_n": flag_n if flag_n is not None else float("nan"),
         "detector_doublings_off": doublings_off,
         "exact_kl_largest_n": exact_kls[-1],
+        "long_share": long_share,
+        "both_long_pairs": both_long,
         "analytic_kl_largest_n": analytic_kl(BON_NS[-1]),
+        "length_only_kl_largest_n": coarse_kl,
     }
     print_criteria(results)
     print(f"total {time.time() - start:.1f}s")
