@@ -242,6 +242,20 @@ def bayes_ceiling(pairs, gold):
     return sum(sigmoid(abs(gold(a) - gold(b)) / TEMPERATURE) for a, b in pairs) / len(pairs)
 
 
+def label_check_z(pairs, gold):
+    """How far the labels' agreement with the gold order is from the ceiling, in standard errors.
+
+    Each label agrees with the gold order with probability p_i = sigmoid(|gold gap| / T), so
+    the share that agrees has mean ceiling = mean(p_i) and standard error
+    sqrt(sum p_i (1 - p_i)) / N. Labels drawn as Bradley-Terry says land within about 3 of
+    these units; labels with the wrong noise (none at all, or a coin) land far outside."""
+    probs = [sigmoid(abs(gold(a) - gold(b)) / TEMPERATURE) for a, b in pairs]
+    # a tie in gold (p = 1/2) counts as half an agreement, so the mean is exactly the ceiling
+    agree = sum((gold(c) > gold(r)) + 0.5 * (gold(c) == gold(r)) for c, r in pairs) / len(pairs)
+    spread = math.sqrt(sum(p * (1.0 - p) for p in probs)) / len(pairs)
+    return abs(agree - sum(probs) / len(probs)) / spread if spread > 0.0 else float("nan")
+
+
 # === THE PROXY REWARD MODEL ===
 # A small network with a scalar head, on plain floats with hand-derived gradients:
 #     x = [count of each letter (26), length / 5]       (a sparse list of (index, value))
@@ -513,6 +527,7 @@ def curve_picture(curve, height=12):
 # === SUCCESS CRITERIA ===
 # (what was measured, key in main()'s result, comparison, threshold or another key)
 CRITERIA = [
+    ("labels' agreement with gold vs the ceiling, |z|", "label_check_z", "<", 3.0),
     ("held-out accuracy: Bayes ceiling minus proxy", "accuracy_gap", "<", 0.06),
     ("proxy's best-of-n score falls between doublings", "proxy_falls", "==", 0),
     ("gold at its peak n minus at n = 1, in std errors", "gold_gain_z", ">", 3.0),
@@ -558,6 +573,7 @@ def main():
                                 gold, rng)
     ceiling = bayes_ceiling(heldout_pairs, gold)
     gold_accuracy = pair_accuracy(gold, heldout_pairs)
+    label_z = label_check_z(heldout_pairs, gold)
     print(f"{NUM_PAIRS} training pairs, {HELDOUT_PAIRS} held-out; e.g. chosen "
           f"'{train_pairs[0][0]}' over '{train_pairs[0][1]}'")
 
@@ -572,7 +588,7 @@ def main():
     train_accuracy = pair_accuracy(proxy_score, train_pairs)
     print(f"\nheld-out pairs ordered as labelled: proxy {accuracy:.3f} (training pairs "
           f"{train_accuracy:.3f}); Bayes ceiling {ceiling:.3f} (the gold order itself scores "
-          f"{gold_accuracy:.3f} on these labels)")
+          f"{gold_accuracy:.3f} on these labels, {label_z:.2f} standard errors from the ceiling)")
 
     # --- 3. best-of-n against the proxy, scored by gold ---
     pool = [sample_name(base_rows, rng) for _ in range(POOL_SIZE)]
@@ -615,8 +631,11 @@ def main():
 
     golds = [point["gold"][0] for point in curve]
     peak = max(range(len(golds)), key=golds.__getitem__)
-    gold_gain_z = paired_z(curve[peak]["gold_parts"], curve[0]["gold_parts"])
-    gold_drop_z = paired_z(curve[peak]["gold_parts"], curve[-1]["gold_parts"])
+    # If gold peaks at n = 1, best-of-n gained nothing: a gain of 0 standard errors
+    gold_gain_z = paired_z(curve[peak]["gold_parts"], curve[0]["gold_parts"]) if peak else 0.0
+    # ... and if it peaks at the largest n, it never fell: a fall of 0 standard errors
+    gold_drop_z = (paired_z(curve[peak]["gold_parts"], curve[-1]["gold_parts"])
+                   if peak < len(curve) - 1 else 0.0)
     proxy_falls = sum(b["proxy"][0] < a["proxy"][0] for a, b in zip(curve, curve[1:]))
     doublings_off = (abs(math.log2(flag_n) - math.log2(BON_NS[peak])) if flag_n is not None
                      else float("inf"))
@@ -637,6 +656,7 @@ def main():
         "heldout_accuracy": accuracy,
         "bayes_ceiling": ceiling,
         "gold_order_accuracy": gold_accuracy,
+        "label_check_z": label_z,
         "train_accuracy": train_accuracy,
         "final_loss": sum(losses[-10:]) / len(losses[-10:]),
         "proxy_falls": proxy_falls,
@@ -646,7 +666,7 @@ def main():
         "gold_at_1": golds[0],
         "gold_at_peak": golds[peak],
         "gold_at_largest_n": golds[-1],
-        "detector_flag_n": flag_n if flag_n is not None else float("nan"),
+        "detector_flag_n": flag_n if flag_n is not None else 0,   # 0: never flagged
         "detector_doublings_off": doublings_off,
         "exact_kl_largest_n": exact_kls[-1],
         "long_share": long_share,

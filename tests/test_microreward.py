@@ -201,3 +201,13 @@ def test_samples_are_letters_and_cut_at_max_letters():
 def test_paired_z_of_identical_parts_is_nan():
     assert math.isnan(mr.paired_z([1.0, 2.0], [1.0, 2.0]))
     assert mr.paired_z([2.0, 3.1, 4.0], [1.0, 2.0, 3.05]) > 10
+
+
+def test_label_check_is_small_for_bradley_terry_labels_and_large_without_noise():
+    rng = random.Random(10)
+    gold_of = {f"n{i}": rng.gauss(0.0, 1.0) for i in range(4000)}
+    samples = list(gold_of)
+    pairs = mr.label_pairs(samples, gold_of.__getitem__, rng)
+    assert mr.label_check_z(pairs, gold_of.__getitem__) < 3.0
+    noiseless = [(a, b) if gold_of[a] > gold_of[b] else (b, a) for a, b in pairs]
+    assert mr.label_check_z(noiseless, gold_of.__getitem__) > 10.0
