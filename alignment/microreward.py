@@ -62,7 +62,6 @@ POOL_PARTS = 10         # the pool is split in parts to get standard errors
 BON_NS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 AUDIT_GROUPS = 64       # the detector's gold labels per n
 LONG_PAIR = 10          # a pair of two names longer than this is reported (see the results)
-SEED = 42               # the entry reports seeds 1, 2 and 3 as well
 
 # === DATA ===
 # Every no-magic script shares one download cache, so names.txt is fetched once.
@@ -134,7 +133,10 @@ def load_names():
 # it), counted on names and smoothed by adding k to every count, so that no string has
 # probability 0. "." pads the start (twice) and marks the end, so "ava" is counted as the
 # trigrams "..a", ".av", "ava", "va.". They are counted on different halves of names.txt: the
-# judge has read other names than the model it judges.
+# judge has read other names than the model it judges. A trigram table cannot count letters,
+# so the base model runs on where real names stop (names.txt has none longer than 15 letters):
+# 4.8% of its samples in the run are longer than 14 letters, and about 1% reach the cut at
+# MAX_LETTERS. Those rare long strings are where best-of-n will go.
 # Signpost: in real RLHF the base model is a pretrained LLM and the gold standard is people;
 # Gao et al. used a 6B reward model as the gold and smaller ones as proxies.
 END = "."
@@ -444,8 +446,8 @@ def paired_z(a_parts, b_parts):
 # How far does best-of-n move from the base distribution? The formula used by Stiennon et al.
 # (2020) and Gao et al. (2022) is
 #     KL(best-of-n || base) = log n - (n - 1) / n
-# It is exact for the best of n draws from a continuous distribution (no two outcomes tie),
-# and in general an upper bound (Beirami et al., 2024, "Theoretical guarantees on the
+# It is exact when the base distribution is continuous (every outcome has probability 0, so
+# none is drawn twice and no two rewards tie), and in general an upper bound (Beirami et al., 2024, "Theoretical guarantees on the
 # best-of-n alignment policy"): outcomes with real probability mass (the same name drawn
 # twice, names the reward cannot tell apart) make the true KL smaller. The run computes the
 # exact KL over the pool's distinct names, where the base probability of a name is its share
@@ -472,10 +474,12 @@ def exact_kl_over_names(names, weights):
 # favourite among the first n of them (the same draws serve every n, as when one keeps the
 # candidates and raises n); have the judge score those with gold. Per n that is AUDIT_GROUPS
 # gold labels, against POOL_SIZE for the exact curve. The proxy-gold gap, both in units of
-# their standard deviation over base samples, widens with n from the start: the proxy always
-# promises more than gold delivers. What matters is when the gap widens faster than the proxy
-# rises, i.e. when the audited gold goes down: the detector flags the first n whose audited
-# gold mean is below that of n / 2.
+# their standard deviation over base samples, widens with n (from -0.05 at n = 1 to 2.10 at
+# n = 1024 in the run), but it widens from the first doublings on, while gold is still rising
+# fast, so the gap alone does not say when to stop. What matters is when the gap widens faster
+# than the proxy rises, i.e. when the audited gold goes down: the detector flags the first n
+# whose audited gold mean is below that of n / 2. It needs the fall to show, so it can only
+# flag after the peak (or, by noise, before it); the criterion allows one doubling either way.
 
 
 def run_audit(proxy_scores, gold_scores, rng):
@@ -526,6 +530,15 @@ def curve_picture(curve, height=12):
 
 # === SUCCESS CRITERIA ===
 # (what was measured, key in main()'s result, comparison, threshold or another key)
+# Each check fails for some broken version, measured with this file's settings (the spec
+# entry lists them with their scores; the tests rerun them):
+# - the Bradley-Terry loss with its sign flipped learns the reverse of the labels (accuracy
+#   0.061), and best-of-n against it lowers gold from n = 1 on;
+# - labels ignored (each training pair's order shuffled) leave the proxy at chance (0.468):
+#   best-of-n then mostly picks long names, and gold rises to the largest n;
+# - best-of-n that keeps the proxy's worst name lowers the proxy's score at every doubling;
+# - labels drawn without noise agree with the gold order on every pair, 11 standard errors
+#   above the ceiling that Bradley-Terry at T predicts.
 CRITERIA = [
     ("labels' agreement with gold vs the ceiling, |z|", "label_check_z", "<", 3.0),
     ("held-out accuracy: Bayes ceiling minus proxy", "accuracy_gap", "<", 0.06),
@@ -554,8 +567,8 @@ def print_criteria(results):
 
 
 def main():
-    random.seed(SEED)   # every random draw below (split, samples, labels, init, audit) follows
-    rng = random
+    random.seed(42)   # every random draw below (split, samples, labels, init, audit) follows
+    rng = random      # the functions take a generator, so the tests can give them their own
     start = time.time()
     names = load_names()
     rng.shuffle(names)
