@@ -211,3 +211,15 @@ def test_label_check_is_small_for_bradley_terry_labels_and_large_without_noise()
     assert mr.label_check_z(pairs, gold_of.__getitem__) < 3.0
     noiseless = [(a, b) if gold_of[a] > gold_of[b] else (b, a) for a, b in pairs]
     assert mr.label_check_z(noiseless, gold_of.__getitem__) > 10.0
+
+
+def test_audit_keeps_the_proxy_favourite_among_the_first_n_draws(monkeypatch):
+    monkeypatch.setattr(mr, "BON_NS", (1, 2, 4, 8))
+    monkeypatch.setattr(mr, "AUDIT_GROUPS", 50)
+    scores = [random.Random(i).random() for i in range(30)]
+    picked = mr.run_audit(scores, scores, random.Random(12))
+    replay = random.Random(12)
+    for group in range(50):
+        draws = [replay.randrange(30) for _ in range(8)]
+        for n in (1, 2, 4, 8):
+            assert scores[picked[n][group]] == max(scores[i] for i in draws[:n])
