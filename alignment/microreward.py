@@ -691,6 +691,7 @@ def main():
     }
     print_criteria(results)
     print(f"total {time.time() - start:.1f}s")
+    print("\nNext: predict what a change will do, then run it: docs/challenges/microreward.md")
     return results
 
 
