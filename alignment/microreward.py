@@ -184,6 +184,10 @@ def sample_name(cumulative_rows, rng):
     return "".join(letters)
 
 
+def draw_samples(cumulative_rows, count, rng):
+    return [sample_name(cumulative_rows, rng) for _ in range(count)]
+
+
 # === THE GOLD REWARD ===
 # The gold reward is what the preferences are really about. It is a fixed function that a
 # reader can compute by hand:
@@ -264,8 +268,11 @@ def label_check_z(pairs, gold):
 #     h = relu(W1 x + b1)        (HIDDEN units)
 #     r = w2 . h + b2
 # It sees which letters a name has and how long it is, not their order. 27 * 8 + 8 + 8 + 1
-# = 233 parameters. Signpost: production reward models are language models with the output
-# layer replaced by a scalar head (InstructGPT's was a 6B GPT), trained with this same loss.
+# = 233 parameters. A ReLU network is piecewise linear: past the last bend it has learned, it
+# goes on in a straight line, so if longer names scored higher wherever it was trained, the
+# longest strings tend to score highest of all; it takes data beyond the bend to bend it.
+# Signpost: production reward models are language models with the output layer replaced by
+# a scalar head (InstructGPT's was a 6B GPT), trained with this same loss.
 
 
 def features(name):
@@ -315,8 +322,8 @@ def add_proxy_gradient(proxy, grads, x, h, scale):
 #     L = -log sigmoid(m) = softplus(-m) = log(1 + e^-m)
 #     dL/dm = sigmoid(m) - 1 = -sigmoid(-m),   dm/dr(chosen) = +1,  dm/dr(rejected) = -1
 # A pair already ordered by a wide margin (sigmoid(m) near 1) pulls little; a wrongly ordered
-# pair pulls with a weight near 1. Only differences of r enter the loss, so the best the proxy
-# could do is r = gold / T plus any constant; its scale and zero point are its own.
+# pair pulls with a weight near 1. Only differences of r enter the loss, so a proxy that could
+# represent gold exactly would learn r = gold / T plus any constant: its zero point is free.
 
 
 def softplus(z):
@@ -504,6 +511,35 @@ def standardiser(values):
     return lambda x: (x - mean) / spread
 
 
+def audit_and_flag(proxy_scores, gold_scores, rng):
+    """The audit's gold mean (with its standard error) and proxy-gold gap per n, and the flag:
+    the first n whose audited gold mean is below that of n / 2 (None if gold never dips)."""
+    picked = run_audit(proxy_scores, gold_scores, rng)
+    z_proxy, z_gold = standardiser(proxy_scores), standardiser(gold_scores)
+    gold_mean = {n: mean_and_error([gold_scores[i] for i in picked[n]]) for n in BON_NS}
+    gap = {n: sum(z_proxy(proxy_scores[i]) - z_gold(gold_scores[i]) for i in picked[n])
+           / AUDIT_GROUPS for n in BON_NS}
+    flag_n = next((n for prev, n in zip(BON_NS, BON_NS[1:])
+                   if gold_mean[n][0] < gold_mean[prev][0]), None)
+    return {"gold": gold_mean, "gap": gap, "flag_n": flag_n}
+
+
+def print_best_of_n_table(curve, exact_kls, audit):
+    print(f"\nbest-of-n against the proxy (exact over the pool; +- one standard error over "
+          f"{POOL_PARTS} parts):")
+    print(f"{'n':>5} {'KL formula':>10} {'KL exact':>9} {'proxy':>16} {'gold':>17} "
+          f"{'length':>6} {'audit gold':>16} {'gap':>6}")
+    for point, kl in zip(curve, exact_kls):
+        n = point["n"]
+        (p, pe), (g, ge), (ln, _) = point["proxy"], point["gold"], point["length"]
+        ag, age = audit["gold"][n]
+        mark = "  <- flag" if n == audit["flag_n"] else ""
+        # (max: a KL of 0 can round to -1e-17; the display shows 0)
+        print(f"{n:>5} {analytic_kl(n):>10.4f} {max(kl, 0.0):>9.4f} {p:>8.3f} +- {pe:<5.3f}"
+              f"{g:>9.3f} +- {ge:<5.3f}{ln:>6.2f} {ag:>8.3f} +- {age:<5.3f}"
+              f"{audit['gap'][n]:>6.2f}{mark}")
+
+
 # === ASCII PICTURE ===
 
 
@@ -582,10 +618,8 @@ def main():
           f"e.g. gold('{names[0]}') = {gold(names[0]):.3f}, gold('xqzt') = {gold('xqzt'):.3f}")
 
     # --- 1. preference data from base samples, labelled by Bradley-Terry on gold ---
-    train_pairs = label_pairs([sample_name(base_rows, rng) for _ in range(2 * NUM_PAIRS)],
-                              gold, rng)
-    heldout_pairs = label_pairs([sample_name(base_rows, rng) for _ in range(2 * HELDOUT_PAIRS)],
-                                gold, rng)
+    train_pairs = label_pairs(draw_samples(base_rows, 2 * NUM_PAIRS, rng), gold, rng)
+    heldout_pairs = label_pairs(draw_samples(base_rows, 2 * HELDOUT_PAIRS, rng), gold, rng)
     ceiling = bayes_ceiling(heldout_pairs, gold)
     gold_accuracy = pair_accuracy(gold, heldout_pairs)
     label_z = label_check_z(heldout_pairs, gold)
@@ -606,7 +640,7 @@ def main():
           f"{gold_accuracy:.3f} on these labels, {label_z:.2f} standard errors from the ceiling)")
 
     # --- 3. best-of-n against the proxy, scored by gold ---
-    pool = [sample_name(base_rows, rng) for _ in range(POOL_SIZE)]
+    pool = draw_samples(base_rows, POOL_SIZE, rng)
     proxy_scores = [proxy_score(name) for name in pool]
     gold_scores = [gold(name) for name in pool]
     lengths = [float(len(name)) for name in pool]
@@ -614,36 +648,19 @@ def main():
     curve = best_of_n_curve(proxy_scores, gold_scores, lengths)
     exact_kls = [exact_kl_over_names(pool, best_of_n_weights(proxy_scores, n)) for n in BON_NS]
     # The same exact KL for a reward that sees only the length: every name of one length ties,
-    # so best-of-n can only move mass between 20 lengths, and the formula overstates the KL.
+    # so best-of-n can only move mass between the 20 or so lengths: the formula overstates it.
     coarse_kl = exact_kl_over_names(pool, best_of_n_weights(lengths, BON_NS[-1]))
 
-    # --- 4. the audit ---
-    picked = run_audit(proxy_scores, gold_scores, rng)
-    z_proxy, z_gold = standardiser(proxy_scores), standardiser(gold_scores)
-    audit_gold = {n: mean_and_error([gold_scores[i] for i in picked[n]]) for n in BON_NS}
-    audit_gap = {n: sum(z_proxy(proxy_scores[i]) - z_gold(gold_scores[i]) for i in picked[n])
-                 / AUDIT_GROUPS for n in BON_NS}
-    flag_n = next((n for prev, n in zip(BON_NS, BON_NS[1:])
-                   if audit_gold[n][0] < audit_gold[prev][0]), None)
-
-    print(f"\nbest-of-n against the proxy (exact over the pool; +- one standard error over "
-          f"{POOL_PARTS} parts):")
-    print(f"{'n':>5} {'KL formula':>10} {'KL exact':>9} {'proxy':>16} {'gold':>17} "
-          f"{'length':>6} {'audit gold':>16} {'gap':>6}")
-    for point, kl in zip(curve, exact_kls):
-        n = point["n"]
-        (p, pe), (g, ge), (ln, _) = point["proxy"], point["gold"], point["length"]
-        ag, age = audit_gold[n]
-        mark = "  <- flag" if n == flag_n else ""
-        # (max: a KL of 0 can round to -1e-17; the display shows 0)
-        print(f"{n:>5} {analytic_kl(n):>10.4f} {max(kl, 0.0):>9.4f} {p:>8.3f} +- {pe:<5.3f}"
-              f"{g:>9.3f} +- {ge:<5.3f}{ln:>6.2f} {ag:>8.3f} +- {age:<5.3f}"
-              f"{audit_gap[n]:>6.2f}{mark}")
+    # --- 4. the audit: a few gold labels per n, and the detector's flag ---
+    audit = audit_and_flag(proxy_scores, gold_scores, rng)
+    flag_n = audit["flag_n"]
+    print_best_of_n_table(curve, exact_kls, audit)
     print(f"KL of best-of-{BON_NS[-1]} for a reward that sees only the length (ties): exact "
           f"{coarse_kl:.3f}, formula {analytic_kl(BON_NS[-1]):.3f}")
     print("\nproxy (p) and gold (g) of best-of-n, each scaled to its own range (* = both):")
     print(curve_picture(curve))
 
+    # --- 5. the overoptimisation, measured ---
     golds = [point["gold"][0] for point in curve]
     peak = max(range(len(golds)), key=golds.__getitem__)
     # If gold peaks at n = 1, best-of-n gained nothing: a gain of 0 standard errors
