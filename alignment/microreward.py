@@ -324,6 +324,10 @@ def add_proxy_gradient(proxy, grads, x, h, scale):
 # A pair already ordered by a wide margin (sigmoid(m) near 1) pulls little; a wrongly ordered
 # pair pulls with a weight near 1. Only differences of r enter the loss, so a proxy that could
 # represent gold exactly would learn r = gold / T plus any constant: its zero point is free.
+# Signpost: TRL's RewardTrainer computes this same loss, -logsigmoid(r_chosen - r_rejected),
+# on a sequence-classification model with one output; it can also subtract a per-pair margin
+# inside the sigmoid and, with center_rewards_coefficient, add a penalty on the scores' mean
+# square that pins the free zero point near 0.
 
 
 def softplus(z):
