@@ -49,6 +49,8 @@ QUICK_SETTINGS = {
     "microdpo": {"NUM_STEPS": 3, "DPO_STEPS": 2, "DPO_BATCH": 2, "HELDOUT_PAIRS": 4,
                  "KL_SAMPLES": 4, "KL_CHECKPOINTS": 2, "EVAL_NAMES": 5},
     "microgrpo": {"PRETRAIN_STEPS": 5, "NUM_STEPS": 2, "BLOCK_STEPS": 1, "EVAL_PER_LETTER": 1},
+    "microdistill": {"TEACHER_STEPS": 4, "STUDENT_STEPS": 2, "STUDENT_NAMES": 5,
+                     "HELDOUT_NAMES": 10, "TEMPERATURE_SWEEP": (4.0,)},
 }
 
 

@@ -219,3 +219,26 @@ def test_paired_difference_and_its_standard_error():
     assert error == pytest.approx(sd * 2 / 18)
     # A constant shift of every name's loss has no spread: pairing makes its error 0
     assert distill.paired_difference([2.0, 3.0], [1.0, 2.0], [2, 2])[1] == 0.0
+
+
+# --- dark knowledge: the distribution shown is the one after the context ---
+
+def test_dark_knowledge_shows_the_distribution_after_the_context(capsys, monkeypatch):
+    monkeypatch.setattr(distill, "DARK_CONTEXTS", ("", "jo"))
+    chars = [chr(ord("a") + i) for i in range(26)]
+    bos = 26
+    teacher = distill.frozen_copy(small_model(17, distill.TEACHER_EMBD))
+
+    def encode(name):
+        return [bos] + [chars.index(c) for c in name] + [bos]
+
+    distill.show_dark_knowledge(teacher, ["jon"], ["ann"], chars, bos, encode)
+    rows = capsys.readouterr().out.splitlines()[-2:]
+    for row, context in zip(rows, ("", "jo")):
+        # the logits after the context, step by step: BOS, then each letter of the context
+        keys, vals = [[] for _ in range(distill.N_LAYER)], [[] for _ in range(distill.N_LAYER)]
+        tokens = [bos] + [chars.index(c) for c in context]
+        for pos, token in enumerate(tokens):
+            logits = distill.gpt_step(teacher, token, pos, keys, vals)
+        expected = distill.top_choices(distill.soft_targets(logits, 1.0), chars, bos)
+        assert expected in row
