@@ -578,11 +578,14 @@ def name_losses(model, token_lists):
 
 
 def paired_difference(losses_a, losses_b, counts):
-    """(per-token loss of A minus B, its paired standard error)."""
+    """(per-token loss of A minus B, its paired standard error, their ratio z)."""
     diffs = [a - b for a, b in zip(losses_a, losses_b)]
     mean = sum(diffs) / len(diffs)
     spread = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
-    return sum(diffs) / sum(counts), spread * math.sqrt(len(diffs)) / sum(counts)
+    difference, error = sum(diffs) / sum(counts), spread * math.sqrt(len(diffs)) / sum(counts)
+    # Two identical students differ by exactly 0 on every name: no difference to measure and
+    # no noise to measure it against, so z is NaN (which fails its row), not a crash.
+    return difference, error, difference / error if error > 0.0 else float("nan")
 
 
 # === DARK KNOWLEDGE: WHAT A HARD LABEL LEAVES OUT ===
@@ -766,7 +769,7 @@ def main():
     for temperature in temperatures:
         scored[temperature] = name_losses(soft[temperature], heldout_tokens)
     loss = {key: sum(values) / total for key, values in scored.items()}
-    gap, gap_error = paired_difference(scored["hard"], scored[TEMPERATURE], counts)
+    gap, gap_error, gap_z = paired_difference(scored["hard"], scored[TEMPERATURE], counts)
     # The share of the distance from the hard-label student down to the teacher that the soft
     # targets close. With no distance to close (a teacher no better than the hard-label
     # student) the share is undefined: NaN, which fails its row.
@@ -785,10 +788,10 @@ def main():
     print(f"{'T':>5} {'held-out loss':>14} {'hard minus soft':>16} {'SE':>7} {'z':>6}")
     sweep = {}
     for temperature in temperatures:
-        g, e = paired_difference(scored["hard"], scored[temperature], counts)
-        sweep[temperature] = (g, e)
-        print(f"{temperature:>5g} {loss[temperature]:>14.4f} {g:>16.4f} {e:>7.4f} {g / e:>6.1f}")
-    seq_gap, seq_error = paired_difference(scored["hard"], scored["sequence"], counts)
+        g, e, z = paired_difference(scored["hard"], scored[temperature], counts)
+        sweep[temperature] = z
+        print(f"{temperature:>5g} {loss[temperature]:>14.4f} {g:>16.4f} {e:>7.4f} {z:>6.1f}")
+    seq_gap, seq_error, seq_z = paired_difference(scored["hard"], scored["sequence"], counts)
     print(f"teacher-written names: held-out loss {loss['sequence']:.4f}, hard minus it "
           f"{seq_gap:.4f} +- {seq_error:.4f}")
 
@@ -798,7 +801,7 @@ def main():
           f"gap / largest derivative = {gradient_error:.2e}")
 
     results = {
-        "soft_vs_hard_z": gap / gap_error,
+        "soft_vs_hard_z": gap_z,
         "gap_closed": gap_closed,
         "teacher_heldout_loss": loss["teacher"],
         "soft_heldout_loss": loss[TEMPERATURE],
@@ -812,10 +815,11 @@ def main():
     }
     for temperature in temperatures:
         results[f"soft_heldout_loss_T{temperature:g}"] = loss[temperature]
-        results[f"soft_vs_hard_z_T{temperature:g}"] = sweep[temperature][0] / sweep[temperature][1]
-    results["sequence_vs_hard_z"] = seq_gap / seq_error
+        results[f"soft_vs_hard_z_T{temperature:g}"] = sweep[temperature]
+    results["sequence_vs_hard_z"] = seq_z
     print_criteria(results)
     print(f"total {time.time() - clock:.1f}s")
+    print("\nNext: predict what a change will do, then run it: docs/challenges/microdistill.md")
     return results
 
 

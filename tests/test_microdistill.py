@@ -213,12 +213,15 @@ def test_name_loss_mixes_the_two_terms_with_the_stated_weights():
 def test_paired_difference_and_its_standard_error():
     losses_a, losses_b, counts = [5.0, 7.0, 3.0, 9.0], [4.0, 6.5, 2.0, 8.5], [4, 5, 3, 6]
     diffs = [1.0, 0.5, 1.0, 0.5]
-    mean, error = distill.paired_difference(losses_a, losses_b, counts)
+    mean, error, z = distill.paired_difference(losses_a, losses_b, counts)
     assert mean == pytest.approx(sum(diffs) / 18)
     sd = math.sqrt(sum((d - 0.75) ** 2 for d in diffs) / 3)
     assert error == pytest.approx(sd * 2 / 18)
-    # A constant shift of every name's loss has no spread: pairing makes its error 0
+    assert z == pytest.approx(mean / error)
+    # The same shift of every name's loss has no spread: pairing makes its error 0, and z is
+    # then undefined (NaN, which fails a criterion row) rather than a division by zero
     assert distill.paired_difference([2.0, 3.0], [1.0, 2.0], [2, 2])[1] == 0.0
+    assert math.isnan(distill.paired_difference([2.0, 3.0], [2.0, 3.0], [2, 2])[2])
 
 
 # --- dark knowledge: the distribution shown is the one after the context ---
