@@ -245,3 +245,15 @@ def test_dark_knowledge_shows_the_distribution_after_the_context(capsys, monkeyp
             logits = distill.gpt_step(teacher, token, pos, keys, vals)
         expected = distill.top_choices(distill.soft_targets(logits, 1.0), chars, bos)
         assert expected in row
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 4.0, 50.0, 200.0])
+def test_the_run_s_gradient_check_stays_far_below_its_threshold_at_any_temperature(temperature):
+    # The check's step grows with T, so its own rounding does not approach the 1e-6 threshold
+    # at the temperatures a learner might try
+    student = distill.frozen_copy(small_model(18, distill.STUDENT_EMBD))
+    teacher = distill.frozen_copy(small_model(19, distill.TEACHER_EMBD))
+    for row in teacher["lm_head"]:
+        row[:] = [w * 30.0 for w in row]     # a teacher with logits of a trained model's size
+    error = distill.soft_gradient_error(student, teacher, [26, 4, 12, 12, 0, 26], (temperature,))
+    assert error < 1e-7
