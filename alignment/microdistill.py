@@ -42,6 +42,8 @@ import time
 import urllib.request
 
 # === HYPERPARAMETERS ===
+# Sizes chosen so that a teacher and six students train in pure Python within the budget:
+# the teacher is microgpt as it is; each student has about a third of its weights.
 HEAD_DIM = 4           # width of one attention head: 16 wide = 4 heads, 8 wide = 2 heads
 N_LAYER = 1            # transformer blocks, teacher and student alike
 BLOCK_SIZE = 16        # longest context: the longest name (15 letters) plus BOS
@@ -493,9 +495,9 @@ def name_loss(model, tokens, targets, temperature, soft_weight):
 
 # === TRAINING ===
 # One name per step, Adam with a learning rate decaying linearly to 0, as in microgpt.
-# Signpost: production distillation (DistilBERT, for one) trains on batches and usually
-# initialises the student from some of the teacher's layers; here every student starts from
-# the same random weights, so the training signal is the only difference between them.
+# Signpost: production distillation trains on large batches, and DistilBERT (Sanh et al.,
+# 2019) initialises its student from the teacher, one layer out of two; here every student
+# starts from the same random weights, so the training signal is the only difference.
 
 
 def adam_step(params, state, lr):
