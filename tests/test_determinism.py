@@ -51,6 +51,8 @@ QUICK_SETTINGS = {
     "microgrpo": {"PRETRAIN_STEPS": 5, "NUM_STEPS": 2, "BLOCK_STEPS": 1, "EVAL_PER_LETTER": 1},
     "microreward": {"NUM_PAIRS": 20, "HELDOUT_PAIRS": 20, "NUM_EPOCHS": 1, "POOL_SIZE": 400,
                     "BON_NS": (1, 2, 4), "AUDIT_GROUPS": 4},
+    "microdistill": {"TEACHER_STEPS": 4, "STUDENT_STEPS": 2, "STUDENT_NAMES": 5,
+                     "HELDOUT_NAMES": 10, "TEMPERATURE_SWEEP": (4.0,)},
 }
 
 
