@@ -979,6 +979,11 @@ def sample_name(model, peft, bos, itos):
     return "".join(out)
 
 
+def ratio(part, whole):
+    # A share as a percentage, or "-" where the whole is not positive
+    return f"{part / whole:.0%}" if whole > 0 else "-"
+
+
 def first_letter_share(model, peft, bos):
     # Exact probability that a name starts with n-z: softmax of the logits after BOS
     keys, values = begin_name(model, peft)
@@ -1135,18 +1140,30 @@ def main():
     # "start" is the largest logit difference from the base at step 0 (measured against the
     # plain reference on 2 x CHECK_NAMES names); "merge" the same difference between the
     # trained method's forward pass and its merged matrices; B and A are held-out losses per
-    # token, "gain" is B's drop (with its paired standard error), "forgot" A's rise.
+    # token, "gain" is B's drop (with its paired standard error), "forgot" A's rise; each
+    # "1st" is the share of the number before it that comes from the names' first letters
+    # (one prediction in about seven); "n-z" is the first-letter probability on n-z.
+    token_count_a = sum(min(BLOCK_SIZE, len(t) - 1) for t in heldout_a_tokens)
+
+    def first_letter_part(method, base, names, tokens):
+        # (first-letter loss change) * (number of first letters) / (number of predictions)
+        return (method[1] - base[1]) * len(names) / tokens
+
     print(f"\nBase model: held-out B {base_b[0]:.3f}, A {base_a[0]:.3f}; share of first-letter "
           f"probability on n-z {first_letter_share(frozen, {}, bos):.1%}")
-    print(f"{'method':<17} {'trainable':>9} {'formula':>7} {'start':>8} {'B loss':>7} "
-          f"{'gain':>6} {'(se)':>7} {'A loss':>7} {'forgot':>7} {'n-z':>6} {'ms/step':>8}  "
-          f"{'merge':>8}  inference")
+    print(f"{'method':<17} {'trainable':>9} {'formula':>7} {'start':>5} {'B loss':>6} "
+          f"{'gain':>5} {'(se)':>7} {'1st':>4} {'A loss':>6} {'forgot':>6} {'1st':>4} "
+          f"{'n-z':>5} {'ms/step':>7} {'merge':>7}  inference")
     for kind, run in runs.items():
-        merge = "-" if run["merge_error"] is None else f"{run['merge_error']:.1e}"
+        merge = "-" if run["merge_error"] is None else f"{run['merge_error']:.0e}"
+        forgot = run["a"][0] - base_a[0]
+        gain_first = -first_letter_part(run["b"], base_b, heldout_b_tokens, token_count_b)
+        forgot_first = first_letter_part(run["a"], base_a, heldout_a_tokens, token_count_a)
         print(f"{LABELS[kind]:<17} {run['count']:>9} {formula_count(kind, bos + 1):>7} "
-              f"{run['start_gap']:>8.2g} {run['b'][0]:>7.3f} {run['gain']:>6.3f} "
-              f"({run['se']:.3f}) {run['a'][0]:>7.3f} {run['a'][0] - base_a[0]:>7.3f} "
-              f"{run['nz_share']:>6.1%} {run['ms']:>8.1f}  {merge:>8}  {INFERENCE_COST[kind]}")
+              f"{run['start_gap']:>5.2g} {run['b'][0]:>6.3f} {run['gain']:>5.3f} "
+              f"({run['se']:.3f}) {ratio(gain_first, run['gain']):>4} {run['a'][0]:>6.3f} "
+              f"{forgot:>6.3f} {ratio(forgot_first, forgot):>4} {run['nz_share']:>5.1%} "
+              f"{run['ms']:>7.1f} {merge:>7}  {INFERENCE_COST[kind]}")
     ranked = sorted(runs, key=lambda k: -runs[k]["gain"])
     print("Ranked by B gain: " + " > ".join(LABELS[k] for k in ranked))
     ranked = sorted(runs, key=lambda k: runs[k]["a"][0])
@@ -1186,7 +1203,6 @@ def main():
         results[f"{kind}_b_gain"] = run["gain"]
         results[f"{kind}_b_gain_se"] = run["se"]
         results[f"{kind}_a_increase"] = run["a"][0] - base_a[0]
-        results[f"{kind}_ms_per_step"] = run["ms"]
         if run["merge_error"] is not None:
             results[f"{kind}_merge_error"] = run["merge_error"]
     print_criteria(results)
