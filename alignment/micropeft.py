@@ -571,9 +571,12 @@ def formula_count(kind, vocab_size):
 #     W'_i = m_i * V_i / ||V_i||,      V = W0 + s B A   (the direction, trained as LoRA)
 # with the magnitude m_i trained on its own and started at ||W0_i||, so that W' = W0 at step
 # 0. Which norm: each output feature's weight vector, over the inputs (one m per row of the
-# (out, in) matrix, d of them). The paper (Liu et al., 2024) writes W as d x k with the
-# outputs along k and calls it the column-wise norm ||.||_c; PEFT's get_weight_norm() takes
-# torch.linalg.norm(W + s B A, dim=1) of the (out, in) weight: the same norm, one per output.
+# (out, in) matrix, d of them). The paper (Liu et al., 2024) calls it the column-wise norm
+# ||.||_c of W, whose figure holds W as (in_features, out_features), as one of its authors
+# answered in nbasyl/DoRA issue 1; PEFT's get_weight_norm() takes torch.linalg.norm(W + s B A,
+# dim=1) of the (out, in) weight: the same norm, one per output. Implementations have
+# disagreed (LyCORIS issue 216 finds its DoRA scale one per input feature, PEFT's one per
+# output); a broken version in docs/implementation.md takes the other axis.
 # The forward pass never forms W': it computes (m_i / n_i) * (W0 x + s B A x)_i, PEFT's form,
 # with n_i = ||V_i|| treated as a constant (no gradient through it), which the paper's
 # section 4.3 suggests to save memory and PEFT does with .detach(). At step 0, m_i and n_i
@@ -605,17 +608,18 @@ def init_low_rank():
 # Prefix tuning (Li and Liang, 2021): P learned keys and P learned values per layer, placed in
 # front of the cached keys and values, so every position can attend to them. They start as
 # the keys and values the base computes for the start token at position 0 (Li and Liang
-# found real words' activations a better start than random). No reparametrisation: the
-# paper trains the prefix through an MLP for stability; PEFT's prefix_projection defaults to
-# False, as here. They cannot be merged: every position attends to P more keys.
+# found that starting from real words' activations helps, most with little data). No
+# reparametrisation: the paper trains the prefix through an MLP for stability; PEFT's
+# prefix_projection defaults to False, as here. They cannot be merged: every position
+# attends to P more keys.
 #
 # Prompt tuning (Lester et al., 2021): P learned input vectors placed before the name. They
 # take no position embedding (each vector is the whole input); the name keeps positions
-# 0, 1, ... They start as the start token's input at position 0 (Lester et al. start from
-# real tokens' embeddings too). Unlike a prefix they pass through the frozen block, so in
-# this one-layer model their keys and values are W_k and W_v of a normalised vector: the
-# prompt is a prefix constrained to what the frozen projections can produce, with half the
-# numbers. They cannot be merged: the sequence is P tokens longer.
+# 0, 1, ... They start as the start token's input at position 0 (Lester et al. compare
+# starts from real tokens' embeddings with random ones). Unlike a prefix they pass through
+# the frozen block, so in this one-layer model their keys and values are W_k and W_v of a
+# normalised vector: the prompt is a prefix constrained to what the frozen projections can
+# produce, with half the numbers. They cannot be merged: the sequence is P tokens longer.
 #
 # IA3 (Liu et al., 2022): k' = l_k * k, v' = l_v * v, hidden' = l_ff * relu(fc1 x), each
 # vector elementwise and starting at 1 (exactly the base). Merged, l_k and l_v scale the rows
