@@ -239,6 +239,19 @@ def test_dora_norm_is_taken_per_output_row_over_the_inputs():
     assert peft.dora_norms(w0, down, up, 2.0) == [5.0, math.sqrt(9 + 4 + 4)]
 
 
+def test_forming_the_dora_weight_first_would_not_start_exactly_at_the_base():
+    # Why the forward pass computes (m / n) * (W0 x + s B A x): m / n is exactly 1.0 at the
+    # start, while m * W0 / ||W0|| rounds some weights in their last bit.
+    frozen = frozen_base()
+    random.seed(0)
+    _, additions = peft.init_method("dora", frozen, BOS)
+    merged = peft.merge_dora(frozen, peft.to_floats(additions)["dora"])
+    changed = sum(a != b for name in ("layer0.wq", "layer0.wv")
+                  for row_a, row_b in zip(merged[name], frozen[name]) for a, b in zip(row_a, row_b))
+    assert changed > 0
+    assert 0.0 < peft.logit_gap(frozen, {}, merged, [NAME]) < 1e-12
+
+
 def test_merged_dora_rows_have_the_trained_magnitudes():
     frozen = frozen_base()
     _, additions = perturbed("dora", frozen)
