@@ -32,6 +32,7 @@ QUICK_SETTINGS = {
                   "NUM_TV_SAMPLES": 200},
     "micrornn": {"NUM_STEPS": 3, "NUM_EVAL_WINDOWS": 3, "NUM_PROBE_WINDOWS": 2, "NUM_SAMPLES": 3},
     "micromoe": {"NUM_STEPS": 5, "BATCH_SIZE": 8, "EVAL_NAMES": 20, "SAMPLES": 1},
+    "micropeft": {"NUM_STEPS": 3, "ADAPT_STEPS": 2, "HELDOUT_NAMES": 12, "CHECK_NAMES": 2},
     "microqlora": {"NUM_STEPS": 3, "ADAPT_STEPS": 3, "EVAL_NAMES": 10, "NUM_SAMPLES": 1},
     "microbatchnorm": {"NUM_STEPS": 3, "HELDOUT_EXAMPLES": 50, "STATS_EXAMPLES": 64,
                        "NUM_SAMPLES": 1},
