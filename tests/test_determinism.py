@@ -49,6 +49,8 @@ QUICK_SETTINGS = {
     "microdpo": {"NUM_STEPS": 3, "DPO_STEPS": 2, "DPO_BATCH": 2, "HELDOUT_PAIRS": 4,
                  "KL_SAMPLES": 4, "KL_CHECKPOINTS": 2, "EVAL_NAMES": 5},
     "microgrpo": {"PRETRAIN_STEPS": 5, "NUM_STEPS": 2, "BLOCK_STEPS": 1, "EVAL_PER_LETTER": 1},
+    "microoptim": {"NUM_STEPS": 20, "BATCH_SIZE": 8, "HELDOUT_NAMES": 30, "SMOOTH": 5,
+                   "STEP_DECAY_EVERY": 8, "WARMUP_STEPS": 4, "BIAS_DEMO_STEPS": 10},
 }
 
 
