@@ -48,6 +48,8 @@ NUM_STEPS = 250      # steps of every run
 HELDOUT_NAMES = 1000  # names never trained on; every held-out loss uses them
 SMOOTH = 20          # training losses are averaged over this many steps
 TARGET_LOSS = 2.5    # the race: steps until the smoothed training loss is below this
+# Each optimiser's learning-rate grid, spaced by about 3x (why the grids differ: see
+# EXPERIMENT 1). The best rate of each is the one with the lowest held-out loss at the end.
 LR_GRID = {
     "sgd": (0.3, 1.0, 3.0),
     "momentum": (0.03, 0.1, 0.3),
@@ -55,17 +57,18 @@ LR_GRID = {
     "adam": (0.003, 0.01, 0.03),
     "adamw": (0.003, 0.01, 0.03),
 }
-MOMENTUM = 0.9
-RMS_ALPHA = 0.99
-BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
-WEIGHT_DECAY = 0.1
-PEAK_LR = 0.03
-WARMUP_STEPS = 25
-STEP_DECAY_EVERY = 100
+MOMENTUM = 0.9       # SGD's momentum: the velocity averages about the last 10 gradients
+RMS_ALPHA = 0.99     # RMSProp's smoothing of the squared gradient (PyTorch's default)
+BETA1, BETA2, EPS = 0.9, 0.999, 1e-8   # Adam's and AdamW's (PyTorch's defaults)
+WEIGHT_DECAY = 0.1   # lambda for AdamW and for L2 in Adam (LLM recipes use 0.1 with AdamW)
+PEAK_LR = 0.03       # Adam's peak rate for the four schedules: the top of its grid
+WARMUP_STEPS = 25    # linear warmup, a tenth of the run
+STEP_DECAY_EVERY = 100   # step decay multiplies the rate by STEP_DECAY_FACTOR this often
 STEP_DECAY_FACTOR = 0.3
-CLIP_LR = 4.0
-CLIP_NORM = 0.25
-BIAS_DEMO_STEPS = 50
+CLIP_LR = 4.0        # plain SGD's rate in the clipping experiment: 4x its best on the grid
+CLIP_NORM = 0.25     # the global-norm threshold: no SGD step is longer than 4 x 0.25 = 1
+BIAS_DEMO_STEPS = 50  # steps of Adam without bias correction, to compare the early losses
+
 
 # === DATA ===
 # Every no-magic script shares one download cache, so names.txt is fetched once.
@@ -241,6 +244,9 @@ def loss_and_grads(params, batch):
         "b1": [[sum(dcol) for dcol in da_cols]],
         "emb": [[0.0] * EMBED for _ in emb],
     }
+    # The embedding gradient: x is the three embeddings side by side, so the slice of
+    # dL/dx for position pos belongs to the row of the character at that position. A
+    # character met twice in one context, or in several examples, collects every share.
     g_emb = grads["emb"]
     w1_cols = list(zip(*w1))
     for (context, _), da in zip(batch, das):
@@ -286,6 +292,8 @@ def heldout_loss(params, grouped):
     groups, count = grouped
     total = 0.0
     for context, targets in groups:
+        # The same forward pass as training; each distinct context's loss counts once per
+        # example that has it: -log p(y) = logsumexp(z) - z_y for every target y seen.
         x = [v for c in context for v in emb[c]]
         h = [tanh(b + sum(map(mul, row, x))) for row, b in zip(w1, b1)]
         z = [b + sum(map(mul, row, h)) for row, b in zip(w2, b2)]
@@ -503,6 +511,8 @@ def train(start, batches, optimizer, lr_at, clip_norm=None, watch_clipping=False
     global norm (at most clip_norm) and the cosine between the two (1: same direction).
     """
     step_fn, state = optimizer
+    # Every run trains its own copy of the one shared start, so runs cannot leak into each
+    # other, and each sees batches[0], batches[1], ... in the same order.
     params = copy_params(start)
     losses, norms, lrs = [], [], []
     clipped_norms, cosines = [], []
@@ -625,6 +635,8 @@ def compare_optimisers(start, batches, heldout, clock):
     runs, best = {}, {}
     print(f"{'optimiser':<10} {'lr':>7} {'held-out':>9} {'steps to ' + str(TARGET_LOSS):>14}")
     for kind in OPTIMISERS:
+        # AdamW is raced with its decay switched on: it is the optimiser LLMs train with,
+        # and its decay is part of what it does.
         decay = WEIGHT_DECAY if kind == "adamw" else 0.0
         for lr in LR_GRID[kind]:
             run = train(start, batches, make_optimizer(kind, weight_decay=decay),
@@ -662,6 +674,8 @@ def bias_correction_effect(start, batches, lr, corrected_run):
     every parameter whose gradient is well above eps by exactly lr), and prints the early
     losses of an uncorrected run beside the corrected one.
     """
+    # Both optimisers take their first step from the shared start on the first batch, so
+    # the only difference between the two steps is the bias correction.
     batch = batches[0]
     _, grads = loss_and_grads(start, batch)
     errors = {}
@@ -677,11 +691,14 @@ def bias_correction_effect(start, batches, lr, corrected_run):
                         error = abs(abs(b - a) / lr - 1.0)
                         worst = error if not error <= worst else worst  # NaN is kept
         errors[corrected] = worst
+    # A short uncorrected run beside the grid's corrected one: the gap between the two is
+    # largest in the first tens of steps, where 1 - b2^t is still far from 1.
     early = batches[:BIAS_DEMO_STEPS]
     uncorrected = train(start, early, make_optimizer("adam", bias_correction=False),
                         schedule("constant", lr, NUM_STEPS))
-    print(f"\nAdam's first step at lr {lr:g}: every parameter moves by lr (largest error "
-          f"{errors[True]:.1e}); without bias correction by up to {1 + errors[False]:.2f} lr.")
+    print(f"\nAdam's first step at lr {lr:g}: the largest |step / lr - 1| over the parameters "
+          f"is {errors[True]:.1e};\nwithout bias correction it is {errors[False]:.2f} (steps of "
+          f"up to {1 + errors[False]:.2f} lr).")
     print(" step   Adam loss   without bias correction   (each the mean of 10 steps)")
     for s in range(10, BIAS_DEMO_STEPS + 1, 10):
         a = sum(corrected_run["losses"][s - 10:s]) / 10
@@ -722,6 +739,8 @@ def compare_weight_decay(start, batches, heldout, lr, plain_run, adamw_run):
     l2_run = train(start, batches, make_optimizer("adam", weight_decay=WEIGHT_DECAY),
                    schedule("constant", lr, NUM_STEPS))
     l2_run["heldout"] = final_loss(l2_run, heldout)
+    # sqrt(v_hat) is what Adam divides every gradient entry by, L2's lambda p included;
+    # its median is the factor by which L2's pull on a typical weight exceeds AdamW's.
     typical = median_gradient_scale(plain_run)
     print(f"\nWeight decay at lr {lr:g}, lambda {WEIGHT_DECAY:g}. In the no-decay run the "
           f"median sqrt(v_hat) is {typical:.2g},\nso L2's pull on a typical weight is about "
@@ -741,6 +760,7 @@ SCHEDULES = ("constant", "step", "cosine", "warmup_cosine")
 
 
 def compare_schedules(start, batches, heldout, constant_run, clock):
+    # Same optimiser (Adam), same peak, same batches: only the rate's shape over time differs.
     runs = {"constant": constant_run}
     for kind in SCHEDULES[1:]:
         runs[kind] = train(start, batches, make_optimizer("adam"),
@@ -766,8 +786,8 @@ def compare_schedules(start, batches, heldout, constant_run, clock):
 # CLIP_LR * ||g|| long, several units, and the run ends with its loss above where it began
 # (the run prints both). Clipped to CLIP_NORM, no step is longer than
 # CLIP_LR * CLIP_NORM = 1. At this rate the raw gradient norm stays above the threshold at
-# nearly every step (the run prints the share), so clipping here works as normalised
-# gradient descent: the direction from the gradient, the length fixed. Signpost: LLM
+# every step (the run prints the share: 100% at seed 42), so clipping here works as
+# normalised gradient descent: the direction from the gradient, the length fixed. Signpost: LLM
 # pretraining runs clip at a global norm of 1.0 (GPT-3, Llama) beside a well-tuned rate,
 # where only the rare spike is cut; the mechanism is the same.
 
@@ -781,6 +801,8 @@ def compare_clipping(start, batches, heldout, clock):
     for run in (plain, clipped):
         run["heldout"] = final_loss(run, heldout)
         run["final"] = sum(run["losses"][-SMOOTH:]) / len(run["losses"][-SMOOTH:])
+    # The share of steps whose raw gradient norm was above the threshold: the steps where
+    # clipping changed anything.
     share = sum(n > CLIP_NORM for n in clipped["norms"]) / len(clipped["norms"])
     print(f"\nSGD at lr {CLIP_LR:g} | {clock():.1f}s")
     for label, run in (("unclipped", plain), (f"clipped to {CLIP_NORM:g}", clipped)):
@@ -801,6 +823,16 @@ def compare_clipping(start, batches, heldout, clock):
 
 
 # === SUCCESS CRITERIA ===
+# What each row proves, in the order of the table:
+# - the race: at their best rates Adam gets the training loss under 2.5 sooner than SGD;
+# - Adam's bias correction: its first step moves every parameter by exactly lr;
+# - every update rule matches PyTorch's pseudocode, transcribed separately, to rounding;
+# - schedules: warming up and then decaying beats holding the peak rate;
+# - clipping: SGD at lr 4 diverges without it and converges with it, and the clipping is
+#   global (the clipped gradient is never longer than the threshold, never turned);
+# - weight decay: AdamW shrinks the weights; L2 in Adam at the same lambda shrinks them far
+#   more, and loses on held-out loss.
+# The entry in docs/implementation.md gives each threshold's margin and the other seeds.
 # (what was measured, key in main()'s result, comparison, threshold or another key)
 CRITERIA = [
     ("steps to target loss: Adam vs SGD (best lrs)", "adam_steps_to_target", "<",
@@ -877,10 +909,15 @@ def main():
           f"of {BATCH_SIZE} per run.\nUntrained held-out loss {untrained:.4f} "
           f"(ln 27 = {math.log(27):.4f})\n")
 
+    # First the optimisers themselves, on a toy problem where the answer is known: if an
+    # update rule were wrong, every comparison below would compare the wrong algorithms.
     reference_error = optimizer_reference_error()
     print(f"Every optimiser against PyTorch's pseudocode on a toy problem: largest relative "
           f"gap {reference_error:.1e}\n")
 
+    # Experiment 1: 15 runs, five optimisers times three rates. Every later experiment
+    # reuses runs from this grid where it can (Adam at its best rate, AdamW at that rate,
+    # Adam at the schedules' peak), so no run is trained twice.
     runs, best = compare_optimisers(start, batches, heldout, clock)
     adam_lr = best["adam"]
     adam_run = runs["adam", adam_lr]
@@ -891,9 +928,12 @@ def main():
     l2_run, typical_scale = compare_weight_decay(start, batches, heldout, adam_lr, adam_run,
                                                  adamw_run)
 
+    # Experiment 3: the constant-rate run at PEAK_LR is the grid's Adam run at that rate.
     constant = run_at(runs, "adam", PEAK_LR, start, batches, heldout)
     schedules = compare_schedules(start, batches, heldout, constant, clock)
 
+    # Experiment 4. "Diverged" means worse than where it started: a held-out loss above the
+    # untrained network's, or no finite loss at all.
     plain, clipped = compare_clipping(start, batches, heldout, clock)
     diverged = (not math.isfinite(plain["heldout"])) or plain["heldout"] > untrained
     # NaN-safe extremes of the clipping measurements: a NaN anywhere is kept.
@@ -927,7 +967,8 @@ def main():
     for kind in SCHEDULES:
         results[f"{kind}_heldout_loss"] = schedules[kind]["heldout"]
     print_criteria(results)
-    print(f"\ntotal {clock():.1f}s")
+    print(f"\nTotal {clock():.1f}s")
+    print("\nNext: predict what a change will do, then run it: docs/challenges/microoptim.md")
     return results
 
 
