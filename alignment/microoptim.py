@@ -674,7 +674,7 @@ def bias_correction_effect(start, batches, lr, corrected_run):
     """Adam's first step with and without bias correction, and how long the gap lasts.
 
     Returns the largest |step| / lr - 1 over parameters at step 1 (bias-corrected Adam moves
-    every parameter whose gradient is well above eps by exactly lr), and prints the early
+    every parameter whose gradient is well above eps by lr, to within eps), and prints the early
     losses of an uncorrected run beside the corrected one.
     """
     # Both optimisers take their first step from the shared start on the first batch, so
@@ -828,7 +828,7 @@ def compare_clipping(start, batches, heldout, clock):
 # === SUCCESS CRITERIA ===
 # What each row proves, in the order of the table:
 # - the race: at their best rates Adam gets the training loss under 2.5 sooner than SGD;
-# - Adam's bias correction: its first step moves every parameter by exactly lr;
+# - Adam's bias correction: its first step moves every parameter by lr (to within eps);
 # - every update rule matches PyTorch's pseudocode, transcribed separately, to rounding;
 # - schedules: warming up and then decaying beats holding the peak rate;
 # - clipping: SGD at lr 4 diverges without it and converges with it, and the clipping is
