@@ -54,6 +54,8 @@ QUICK_SETTINGS = {
                     "BON_NS": (1, 2, 4), "AUDIT_GROUPS": 4},
     "microdistill": {"TEACHER_STEPS": 4, "STUDENT_STEPS": 2, "STUDENT_NAMES": 5,
                      "HELDOUT_NAMES": 10, "TEMPERATURE_SWEEP": (4.0,)},
+    "microoptim": {"NUM_STEPS": 20, "BATCH_SIZE": 8, "HELDOUT_NAMES": 30, "SMOOTH": 5,
+                   "STEP_DECAY_EVERY": 8, "WARMUP_STEPS": 4, "BIAS_DEMO_STEPS": 10},
 }
 
 
