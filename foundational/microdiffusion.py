@@ -638,6 +638,7 @@ def main():
     results["untrained_heldout_loss"] = round(untrained_loss, 6)
     results["num_params"] = num_params
     print_criteria(results)
+    print("\nNext: predict what a change will do, then run it: docs/challenges/microdiffusion.md")
     return results
 
 

@@ -644,6 +644,7 @@ def main():
     for key in ("positive_cosine", "random_cosine", "neighbor_edit_ratio"):
         results["untrained_" + key] = round(baseline[key], 6)
     print_criteria(results)
+    print("\nNext: predict what a change will do, then run it: docs/challenges/microembedding.md")
     return results
 
 

@@ -723,6 +723,7 @@ def main():
     }
     results = {key: round(value, 6) for key, value in results.items()}
     print_criteria(results)
+    print("\nNext: predict what a change will do, then run it: docs/challenges/microrag.md")
     return results
 
 

@@ -870,6 +870,7 @@ def main():
         "rule_accepts_random": random_accept,
     }
     print_criteria(results)
+    print("\nNext: predict what a change will do, then run it: docs/challenges/micrornn.md")
     return results
 
 

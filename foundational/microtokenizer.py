@@ -515,6 +515,7 @@ def main():
         "example_encoding": " ; ".join(example_lines),
     }
     print_criteria(results)
+    print("\nNext: predict what a change will do, then run it: docs/challenges/microtokenizer.md")
     return results
 
 

@@ -736,6 +736,7 @@ def main():
     results = {key: round(value, 6) for key, value in results.items()}
     print(f"\ndone in {time.time() - start:.1f}s")
     print_criteria(results)
+    print("\nNext: predict what a change will do, then run it: docs/challenges/microvae.md")
     return results
 
 

@@ -490,6 +490,7 @@ def main():
         "sweep_mqa_cosines": [p[1] for p in sweep],
     }
     print_criteria(results)
+    print("\nNext: predict what a change will do, then run it: docs/challenges/microattention.md")
     return results
 
 

@@ -1105,6 +1105,7 @@ def main():
         "draft_heldout_loss": heldout_loss["draft"],
     }
     print_criteria(results)
+    print("\nNext: predict what a change will do, then run it: docs/challenges/microbeam.md")
     return results
 
 

@@ -426,6 +426,7 @@ def main():
         "flash_mults": flash_meter.mults,
     }
     print_criteria(results)
+    print("\nNext: predict what a change will do, then run it: docs/challenges/microflash.md")
     return results
 
 

@@ -1108,6 +1108,7 @@ def main():
         "final_train_loss": sum(losses[-100:]) / len(losses[-100:]),
     }
     print_criteria(results)
+    print("\nNext: predict what a change will do, then run it: docs/challenges/microkv.md")
     return results
 
 

@@ -1105,6 +1105,7 @@ def main():
         "gptq_loss_one_bit_fewer": compared[("GPTQ", GPTQ_BITS - 1)][0],
     }
     print_criteria(results)
+    print("\nNext: predict what a change will do, then run it: docs/challenges/microquant.md")
     return results
 
 
