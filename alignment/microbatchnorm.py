@@ -1134,6 +1134,7 @@ def main():
         "bn_finite_difference_error": fd_error,
     }
     print_criteria(results)
+    print("\nNext: predict what a change will do, then run it: docs/challenges/microbatchnorm.md")
     return results
 
 

@@ -902,6 +902,7 @@ def main():
         "num_params": len(parameters(model)),
     }
     print_criteria(results)
+    print("\nNext: predict what a change will do, then run it: docs/challenges/microdpo.md")
     print(f"total {time.time() - start:.1f}s")
     return results
 

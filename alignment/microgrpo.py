@@ -947,6 +947,7 @@ def main():
     }
     compare_methods(results)
     print_criteria(results)
+    print("\nNext: predict what a change will do, then run it: docs/challenges/microgrpo.md")
     return results
 
 

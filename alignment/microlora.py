@@ -993,6 +993,7 @@ def main():
         results[f"rank{rank}_b_loss_gain"] = base_b[0] - run["b"][0]
         results[f"rank{rank}_a_loss_increase"] = run["a"][0] - base_a[0]
     print_criteria(results)
+    print("\nNext: predict what a change will do, then run it: docs/challenges/microlora.md")
     print(f"total {time.time() - start:.1f}s")
     return results
 

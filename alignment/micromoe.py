@@ -879,6 +879,7 @@ def main():
         "num_params": num_params(model),
     }
     print_criteria(results)
+    print("\nNext: predict what a change will do, then run it: docs/challenges/micromoe.md")
     return results
 
 

@@ -1147,6 +1147,7 @@ def main():
         "demo_kl_unclipped": moved["without it"][1],
     }
     print_criteria(results)
+    print("\nNext: predict what a change will do, then run it: docs/challenges/microppo.md")
     return results
 
 

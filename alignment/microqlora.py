@@ -1135,6 +1135,7 @@ def main():
         "float_base_gradient_gap": float_gradient_gap,
     }
     print_criteria(results)
+    print("\nNext: predict what a change will do, then run it: docs/challenges/microqlora.md")
     return results
 
 
