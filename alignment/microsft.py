@@ -54,7 +54,7 @@ BETA1, BETA2, ADAM_EPS = 0.85, 0.99, 1e-8   # Adam, as in microgpt
 MIN_NAME_LEN, MAX_NAME_LEN = 3, 6   # names used here: 3 to 6 letters (18,271 of them)
 PRETRAIN_STEPS = 300    # names, one per step
 PRETRAIN_LR = 0.01
-SFT_STEPS = 500         # conversations, one per step, for each of the two fine-tuning runs
+SFT_STEPS = 400         # conversations, one per step, for each of the two fine-tuning runs
 SFT_LR = 0.01
 EVAL_NAMES = 100        # held-out names, each asked every task
 MAX_NEW_TOKENS = 8      # a reply that has not ended after 8 tokens is cut there
@@ -174,14 +174,16 @@ def answer_of(task, name):
 #   tokens:  <|user|> <|count|>  e  m  m  a  <|end|> <|assistant|>  4  <|end|>
 #   mask:       0        0       0  0  0  0     0         0         1     1
 #
-# The mask marks what the assistant generates: its content and its own <|end|>. The markers
+# The mask marks what the assistant generates: its content and its own <|end|>. The marker
 # <|assistant|> and the user's turn are given at inference time, never generated, so they get
-# 0. This is what Hugging Face's apply_chat_template returns as assistant_masks with
-# return_assistant_tokens_mask=True (for templates that wrap the reply in {% generation %}
-# tags; those masks cover the reply up to and including <|im_end|>), and what TRL's
-# SFTTrainer uses with assistant_only_loss=True.
-# Signpost: real templates are Jinja programs stored with the tokenizer; they add a system
-# turn, newlines after the role name, and (Llama 3) a <|begin_of_text|> token at the start.
+# 0. Hugging Face's apply_chat_template returns the same thing as assistant_masks when called
+# with return_assistant_tokens_mask=True, for templates that enclose the reply in
+# {% generation %} tags (in a ChatML template, placed around the reply and its <|im_end|>,
+# with the <|im_start|>assistant header left outside, as here). TRL's SFTTrainer trains on
+# that mask with assistant_only_loss=True.
+# Signpost: real templates are Jinja programs stored with the tokenizer, and they write more
+# than this one: ChatML puts the role as text after the marker and ends lines with newlines,
+# <|im_start|>user\n ... <|im_end|>\n, and many templates add a system turn.
 
 
 def apply_chat_template(messages, stoi, add_generation_prompt=False):
@@ -544,7 +546,8 @@ def train(model, examples, lr, label, start):
 # after MAX_NEW_TOKENS, or at BLOCK_SIZE. A model that never learned to emit <|end|> runs on to
 # the limit, and its reply then holds more than the answer, so it cannot match exactly.
 # Signpost: a served model stops the same way: Hugging Face's generate() stops at the ids in
-# eos_token_id, and a chat model's generation config lists its end-of-turn token there.
+# eos_token_id, and a chat model's generation config lists its end-of-turn token there (Llama 3
+# Instruct lists <|eot_id|> beside <|end_of_text|>).
 
 
 def generate(model, prompt, end):
