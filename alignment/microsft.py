@@ -18,6 +18,11 @@ assistant's tokens (its answer and its closing <|end|>) count; the run repeats t
 with every token counted and prints both. The end-of-turn token: the model learns to emit
 <|end|>, and generation stops there; a model that never learned it runs on.
 
+In the run, the fine-tuned model answers 97.7% of the questions about 100 held-out names
+exactly; the base model, prompted with the same template, answers none (it writes names);
+the same fine-tuned model prompted without the role markers answers none, and with the roles
+swapped 33%; fine-tuning with every token counted answers 64.7%.
+
 The tasks are about a name's length (how many letters, as a digit or as a word, and whether it
 is longer than five letters). Tasks that copy or inspect letters (repeat the name, its first
 or last letter, whether it starts with a vowel) were measured too: at this size and budget the
@@ -28,7 +33,7 @@ runs on Values for training and on plain floats for generation). Chat templates 
 Face's apply_chat_template and the ChatML layout (<|im_start|>role ... <|im_end|>); the masking
 follows TRL's SFTTrainer with assistant_only_loss=True.
 
-Run: python alignment/microsft.py    (about N s on the 2-core CI machine)
+Run: python alignment/microsft.py    (about 38 s on the 2-core CI machine)
 """
 import gc
 import hashlib
@@ -225,8 +230,11 @@ def mismatched_prompt(task, name, stoi, layout):
 
 
 def loss_mask(mask, assistant_only):
-    """Which tokens the loss counts: the assistant's (SFT as TRL does it) or every token."""
-    # The first token is never a target (nothing comes before it to predict it from).
+    """Which tokens the loss counts: the assistant's, or every token."""
+    # Every token is what TRL's SFTTrainer counts by default on conversations
+    # (assistant_only_loss=False: "loss is computed on the entire sequence"); the assistant's
+    # alone with assistant_only_loss=True. The first token is never a target (nothing comes
+    # before it to predict it from).
     return mask if assistant_only else [0] + [1] * (len(mask) - 1)
 
 
@@ -607,12 +615,22 @@ def mean(numbers):
 
 # === SUCCESS CRITERIA ===
 # (what was measured, key in main()'s result, comparison, threshold or another key)
+# Measured at seed 42: the fine-tuned model answers 0.977 of the held-out questions exactly;
+# the base model 0 (it writes names and never emits <|end|>); one constant reply per task
+# would score 0.51; through the better wrong template ("roles swapped", which keeps every
+# position and so keeps "count" at 1.00) the same model scores 0.333; every reply ends with
+# <|end|>; counting every token instead of the assistant's gives 0.647. The broken versions
+# in the spec entry each fail rows here: the mask put on the prompt instead of the reply
+# (exact match 0: the model learns to write prompts), the reply's <|end|> left out of the
+# mask (end share 0: every reply runs on, "sixixix..."), the mask read one position early
+# (exact match 0: the first token of every reply is never trained).
 CRITERIA = [
     ("SFT exact match, held-out names, mean of tasks", "sft_exact_match", ">", 0.8),
     ("SFT minus base model exact match", "sft_gain_over_base", ">", 0.6),
     ("SFT minus best constant answer exact match", "sft_gain_over_constant", ">", 0.2),
     ("SFT exact match minus best mismatched template", "template_mismatch_drop", ">", 0.4),
     ("share of SFT replies that end with <|end|>", "sft_end_share", ">=", 0.95),
+    ("SFT exact match, assistant-only minus every-token", "masking_gain", ">", 0.0),
 ]
 COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
            "==": operator.eq}
@@ -671,6 +689,14 @@ def main():
     print("  " + " ".join(("^" if m else " ").center(len(vocab[t])) for t, m in zip(tokens, mask)))
 
     # --- 3. two fine-tuning runs from the same base, same conversations, same order ---
+    # Why counting every token does worse here: the loss is a mean over the counted targets,
+    # and with every token counted most of them are a name's letters, which no model can
+    # predict from what comes before (at seed 42 the all-token loss ends at 1.51 nats per
+    # token, the reply-only loss at 0.05). Those targets take most of each step's gradient and of the
+    # model's capacity, while the one to five reply tokens get a small share. On real data
+    # it can go the other way: Shi et al. (2024, "Instruction Tuning With Loss Over
+    # Instructions") found that counting the instruction too often helps, most when
+    # instructions are long, replies short and training examples few.
     tuned = {}
     for label, assistant_only in (("SFT masked", True), ("SFT all", False)):
         policy = trainable_copy(base)
@@ -678,6 +704,12 @@ def main():
         tuned[label] = frozen_copy(policy)
 
     # --- 4. exact match on held-out names ---
+    # The wrong templates fail for a reason a reader can see in this model: the reply's first
+    # token is predicted at the position after <|assistant|>, and "how many letters" is read
+    # off that position. Without the markers the prompt is two tokens shorter, so every
+    # position is off by two and the lengths come out wrong; with the roles swapped the
+    # positions are the same, so "count" can survive, but the markers the model learned to
+    # answer after are not where they were.
     columns = [("base", base, "template"), ("SFT", tuned["SFT masked"], "template"),
                ("SFT all tokens", tuned["SFT all"], "template"),
                ("no markers", tuned["SFT masked"], "no markers"),
