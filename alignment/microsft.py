@@ -56,7 +56,7 @@ BLOCK_SIZE = 16    # longest conversation: 1 + 1 + 6 + 1 + 1 + 5 + 1 tokens ("si
 MLP_HIDDEN = 4 * N_EMBD
 INIT_STD = 0.08    # small random weights: the first logits are near uniform
 BETA1, BETA2, ADAM_EPS = 0.85, 0.99, 1e-8   # Adam, as in microgpt
-MIN_NAME_LEN, MAX_NAME_LEN = 3, 6   # names used here: 3 to 6 letters (18,271 of them)
+MIN_NAME_LEN, MAX_NAME_LEN = 3, 6   # names used here: 3 to 6 letters (18,371 of them)
 PRETRAIN_STEPS = 300    # names, one per step
 PRETRAIN_LR = 0.01
 SFT_STEPS = 400         # conversations, one per step, for each of the two fine-tuning runs
@@ -692,8 +692,9 @@ def main():
     # Why counting every token does worse here: the loss is a mean over the counted targets,
     # and with every token counted most of them are a name's letters, which no model can
     # predict from what comes before (at seed 42 the all-token loss ends at 1.51 nats per
-    # token, the reply-only loss at 0.05). Those targets take most of each step's gradient and of the
-    # model's capacity, while the one to five reply tokens get a small share. On real data
+    # token, the reply-only loss at 0.05). Those targets take most of each step's gradient
+    # and of the model's capacity, while the one to five reply tokens get a small share
+    # (mean of the last 100 steps' losses, as the progress lines print). On real data
     # it can go the other way: Shi et al. (2024, "Instruction Tuning With Loss Over
     # Instructions") found that counting the instruction too often helps, most when
     # instructions are long, replies short and training examples few.
