@@ -764,6 +764,7 @@ def main():
             results[f"exact_{label.replace(' ', '_').lower()}_{task}"] = scores[label][0][task]
     print_criteria(results)
     print(f"total {time.time() - start:.1f}s")
+    print("\nNext: predict what a change will do, then run it: docs/challenges/microsft.md")
     return results
 
 
