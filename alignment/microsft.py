@@ -5,10 +5,10 @@ writes a reply, and stops. Supervised fine-tuning (SFT) is the step between the 
 next-token loss as pretraining, on conversations laid out by a chat template, with the loss
 counted only on what the assistant says. This file runs that step on a tiny GPT:
 
-    pretrain on names:   <bos> e m m a <bos>
-    fine-tune on chats:  <|user|> <|count|> e m m a <|end|> <|assistant|> 4 <|end|>
-                         '----------- prompt: no loss -----------------' '-loss-'
-    ask held-out names:  <|user|> <|spell|> r o s a <|end|> <|assistant|>  -> f o u r <|end|>
+    pretrain on names:    <bos> e m m a <bos>
+    fine-tune on chats:   <|user|> <|count|> e m m a <|end|> <|assistant|> 4 <|end|>
+                          '----------- prompt: no loss -----------------' '-loss-'
+    ask about new names:  <|user|> <|spell|> r o s a <|end|> <|assistant|>  -> f o u r <|end|>
 
 Three things make a chat model out of a text model, and each is measured here. The template:
 role markers and an end-of-turn token are special tokens, outside the character vocabulary,
@@ -26,7 +26,7 @@ swapped 33%; fine-tuning with every token counted answers 64.7%.
 The tasks are about a name's length (how many letters, as a digit or as a word, and whether it
 is longer than five letters). Tasks that copy or inspect letters (repeat the name, its first
 or last letter, whether it starts with a vowel) were measured too: at this size and budget the
-model learns them no better than always giving the most common answer (see the spec entry).
+model scores on them about what always giving the commonest answer scores (see the spec entry).
 
 The model is foundational/microgpt.py's GPT (copied, as microdpo.py copies it; the forward pass
 runs on Values for training and on plain floats for generation). Chat templates follow Hugging
@@ -52,7 +52,7 @@ import urllib.request
 N_EMBD = 16        # width of every hidden vector
 N_HEAD = 4         # attention heads, each 4 wide
 N_LAYER = 1        # transformer blocks
-BLOCK_SIZE = 16    # longest conversation: 1 + 1 + 6 + 1 + 1 + 5 + 1 tokens ("six" is 3 letters)
+BLOCK_SIZE = 16    # positions; the longest conversation is 14 tokens, a reply may run on
 MLP_HIDDEN = 4 * N_EMBD
 INIT_STD = 0.08    # small random weights: the first logits are near uniform
 BETA1, BETA2, ADAM_EPS = 0.85, 0.99, 1e-8   # Adam, as in microgpt
@@ -142,9 +142,10 @@ def load_names():
 # Signpost: an instruction here is one special token (<|count|>: "how many letters?"); real
 # chat models read instructions as ordinary text in the user's turn, which needs far more
 # model and data than this file has.
-# The special tokens exist from the start, so pretraining leaves their embeddings at their
-# random initial values: the base model has never read one. (Fine-tuning a real base model to
-# a new template adds new ids the same way, with Hugging Face's resize_token_embeddings.)
+# The special tokens exist from the start, and pretraining reads none but <bos>, so the chat
+# tokens' embeddings keep their random initial values: the base model has never read one. (A
+# real base model fine-tuned to a new template gets its new ids added to the tokenizer and
+# new embedding rows from Hugging Face's resize_token_embeddings; they too start untrained.)
 TASKS = {
     "count": "how many letters does it have? (a digit)",
     "spell": "how many letters does it have? (a word)",
@@ -618,7 +619,7 @@ def mean(numbers):
 # Measured at seed 42: the fine-tuned model answers 0.977 of the held-out questions exactly;
 # the base model 0 (it writes names and never emits <|end|>); one constant reply per task
 # would score 0.51; through the better wrong template ("roles swapped", which keeps every
-# position and so keeps "count" at 1.00) the same model scores 0.333; every reply ends with
+# position; here "count" survives it at 1.00) the same model scores 0.333; every reply ends with
 # <|end|>; counting every token instead of the assistant's gives 0.647. The broken versions
 # in the spec entry each fail rows here: the mask put on the prompt instead of the reply
 # (exact match 0: the model learns to write prompts), the reply's <|end|> left out of the
