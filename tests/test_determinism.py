@@ -56,6 +56,7 @@ QUICK_SETTINGS = {
                      "HELDOUT_NAMES": 10, "TEMPERATURE_SWEEP": (4.0,)},
     "microoptim": {"NUM_STEPS": 20, "BATCH_SIZE": 8, "HELDOUT_NAMES": 30, "SMOOTH": 5,
                    "STEP_DECAY_EVERY": 8, "WARMUP_STEPS": 4, "BIAS_DEMO_STEPS": 10},
+    "microsft": {"PRETRAIN_STEPS": 3, "SFT_STEPS": 3, "EVAL_NAMES": 3, "NUM_SHOWN": 1},
 }
 
 
