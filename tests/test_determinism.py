@@ -49,6 +49,8 @@ QUICK_SETTINGS = {
     "microdpo": {"NUM_STEPS": 3, "DPO_STEPS": 2, "DPO_BATCH": 2, "HELDOUT_PAIRS": 4,
                  "KL_SAMPLES": 4, "KL_CHECKPOINTS": 2, "EVAL_NAMES": 5},
     "microgrpo": {"PRETRAIN_STEPS": 5, "NUM_STEPS": 2, "BLOCK_STEPS": 1, "EVAL_PER_LETTER": 1},
+    "micropreference": {"NUM_STEPS": 3, "PREF_STEPS": 2, "PREF_BATCH": 2, "HELDOUT_PAIRS": 4,
+                        "KL_SAMPLES": 4, "LOG_EVERY": 1},
 }
 
 
