@@ -722,6 +722,7 @@ def main():
         "num_params": len(params),
     }
     print_criteria(results)
+    print("\nNext: predict what a change will do, then run it: docs/challenges/microgpt.md")
     return results
 
 

@@ -25,6 +25,9 @@ a cell, ⏎ stands for a line break (a markdown cell holds one line). Each
 `replace` text must occur exactly once in the script, so an edit to the script cannot silently
 turn a broken version off. `settings` is `full` (the script as a user runs it) or module
 constants to shorten the run, such as `NUM_STEPS=200, SAMPLES=(1, 2)`.
+
+The challenges in docs/challenges/<script>.md are changes of the same kind, each with the
+outcome its answer states (tests/test_challenges.py reads them with read_challenges()).
 """
 import ast
 import importlib.util
@@ -78,12 +81,12 @@ class Check:
 
 
 @dataclass
-class BrokenVersion:
+class Change:
+    """Edits to a copy of a script, and the module constants its run is given."""
     script: str               # e.g. "systems/microkv.py"
-    name: str                 # what was broken, as the entry names it
+    name: str                 # what was changed, as the entry or challenge names it
     edits: list               # (text in the script, its replacement), applied in order
     settings: dict            # module constants to set before main(); {} means full settings
-    scores: str = ""          # what the entry records that it scored
 
     @property
     def id(self):
@@ -98,6 +101,22 @@ class BrokenVersion:
                                  "not once")
             source = source.replace(old, new)
         return source
+
+
+@dataclass
+class BrokenVersion(Change):
+    scores: str = ""          # what the entry records that it scored
+
+
+@dataclass
+class Challenge(Change):
+    """One exercise in docs/challenges/<script>.md: a change and the outcome its answer states.
+
+    Each expectation is (key, verdict, threshold): verdict PASS or FAIL names a criterion of the
+    spec (all of its checks pass, or at least one fails); an operator compares any value that
+    main() returns with the threshold.
+    """
+    expectations: list = field(default_factory=list)
 
 
 @dataclass
@@ -159,7 +178,8 @@ def _parse_broken(script, rows):
     for name, old, new, settings, scores in rows:
         version = versions.get(name)
         if version is None:
-            version = versions[name] = BrokenVersion(script, name, [], _parse_settings(settings))
+            version = versions[name] = BrokenVersion(script, name, [],
+                                                     _parse_settings(settings))
         elif _parse_settings(settings) != version.settings:
             raise ValueError(f"{script}: rows of '{name}' give different settings")
         version.edits.append((_code(old).replace(NEWLINE, "\n"),
@@ -211,6 +231,104 @@ def implemented_specs():
 
 def all_broken_versions():
     return [b for s in implemented_specs() for b in s.broken]
+
+
+CHALLENGES = ROOT / "docs" / "challenges"
+FENCE = re.compile(r"^```(change|expect)\n(.*?)^```", re.M | re.S)
+EXPECTATION = re.compile(r"^(\w+) (PASS|FAIL|<=|>=|<|>)(?: ([-+\w.]+))?$")
+
+
+def challenge_file(script):
+    return CHALLENGES / (Path(script).stem + ".md")
+
+
+def _parse_change(script, title, block):
+    edits, settings, pending = [], {}, None
+    for line in block.splitlines():
+        field_name, _, value = line.partition(": ")
+        value = value.replace(NEWLINE, "\n")
+        if field_name == "replace" and pending is None:
+            pending = value
+        elif field_name == "with" and pending is not None:
+            edits.append((pending, value))
+            pending = None
+        elif field_name == "settings":
+            settings = _parse_settings(value)
+        else:
+            raise ValueError(f"{script}, challenge '{title}': cannot read `{line}` (expected "
+                             "replace:, with: and settings: lines)")
+    if pending is not None or not edits:
+        raise ValueError(f"{script}, challenge '{title}': each replace: needs its with:")
+    return edits, settings
+
+
+def _parse_expectations(script, title, block):
+    expectations = []
+    for line in block.strip().splitlines():
+        found = EXPECTATION.match(line.strip())
+        verdict_line = found and found.group(2) in ("PASS", "FAIL")
+        if not found or bool(verdict_line) == bool(found.group(3)):
+            raise ValueError(f"{script}, challenge '{title}': cannot read `{line}` (expected "
+                             "`key PASS`, `key FAIL` or `key < number`)")
+        key, verdict, number = found.groups()
+        expectations.append((key, verdict, float(number) if number else None))
+    return expectations
+
+
+def read_challenges(script):
+    """The challenges of one script, in file order; [] if it has no challenge file.
+
+    Each `## ` section is one challenge with one ```change block (replace:/with: lines, ⏎ for
+    a line break, and a settings: line) and one ```expect block (one expectation a line).
+    """
+    path = challenge_file(script)
+    if not path.exists():
+        return []
+    challenges = []
+    for section in re.split(r"^## ", path.read_text(encoding="utf-8"), flags=re.M)[1:]:
+        title = section.splitlines()[0].strip()
+        blocks = {}
+        for kind, block in FENCE.findall(section):
+            if kind in blocks:
+                raise ValueError(f"{path.name}, '{title}': more than one ```{kind} block")
+            blocks[kind] = block
+        if set(blocks) != {"change", "expect"}:
+            raise ValueError(f"{path.name}, '{title}': needs a ```change and an ```expect block")
+        edits, settings = _parse_change(script, title, blocks["change"])
+        challenges.append(Challenge(script, title, edits, settings,
+                                    _parse_expectations(script, title, blocks["expect"])))
+    return challenges
+
+
+def all_challenges():
+    return [c for s in implemented_specs() for c in read_challenges(s.path)]
+
+
+def unmet_expectations(challenge, checks, measured):
+    """Each expectation as a report line, and those the measured values do not meet.
+
+    A criterion the run fails must be among those the challenge says FAIL: an answer that
+    leaves out a FAIL the learner will see in the table is not the whole answer.
+    """
+    report, unmet = [], []
+    failing = {check.key for check in failed_checks(checks, measured)[1]}
+    for key, verdict, number in challenge.expectations:
+        if verdict in ("PASS", "FAIL"):
+            met = (key in failing) == (verdict == "FAIL")
+            shown = f"{key}: measured {measured.get(key)!r}, criterion " + (
+                "fails" if key in failing else "passes")
+        else:
+            value = measured[key]
+            met = math.isfinite(value) and OPERATORS[verdict](value, number)
+            shown = f"{key} = {value!r} (stated {verdict} {number:g})"
+        report.append(f"{shown} -> {'as stated' if met else 'NOT AS STATED'}")
+        if not met:
+            unmet.append((key, verdict, number))
+    stated_failing = {key for key, verdict, _ in challenge.expectations if verdict == "FAIL"}
+    for key in sorted(failing - stated_failing):
+        report.append(f"{key}: criterion fails, but the answer does not say so -> NOT AS STATED")
+        unmet.append((key, "FAIL", None))
+    return report, unmet
 
 
 RUNNER = ROOT / "tests" / "run_script.py"
