@@ -805,6 +805,8 @@ def heldout_margins(policy, pairs):
 def mean_and_error(xs):
     """The mean of xs and its standard error, standard deviation / sqrt(n)."""
     mean = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return mean, 0.0   # one number has no spread to measure
     spread = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
     return mean, spread / math.sqrt(len(xs))
 
@@ -913,7 +915,8 @@ CRITERIA = [
     ("IPO: |held-out E[m^2]/E[m] - 1/(2 tau)|, nats", "ipo_margin_error", "<", 0.5),
     ("DPO: held-out margin, end minus middle, in s.e.", "dpo_margin_growth_z", ">", 3.0),
     ("DPO accuracy minus KTO accuracy", "kto_accuracy_gap", "<", 0.1),
-    ("KTO: |z0 used - KL of its policy|, in s.e.", "kto_z0_gap_z", "<", 3.0),
+    ("KTO: |z0 - KL of its final policy|, in s.e.", "kto_z0_gap_z", "<", 3.0),
+    ("KL to the reference, SimPO minus DPO, in s.e.", "simpo_kl_gap_z", ">", 3.0),
 ]
 COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
            "==": operator.eq}
@@ -1057,18 +1060,26 @@ def main():
               for d, ms in sorted(by_difference.items())))
 
     # --- 6. KTO's reference point against the drift it stands for ---
-    z0_mean, z0_error = mean_and_error(runs["KTO"]["curve"][-LOG_EVERY:])
-    prompts = [chosen[:PROMPT_LENGTH] for chosen, _, _, _ in heldout_pairs]
+    # z0 as the KTO step computes it, on the final policy, over the held-out names in batches
+    # of the training size, against the KL it stands for written out plainly: completions
+    # sampled from the same policy after the same prompts, log-ratios averaged.
+    heldout_examples = ([(c, ref_c, True) for c, _, ref_c, _ in heldout_pairs]
+                        + [(r, ref_r, False) for _, r, _, ref_r in heldout_pairs])
+    final_kto = trainable_copy(runs["KTO"]["policy"])
+    size = 2 * PREF_BATCH
+    z0s = [kto_step(final_kto, heldout_examples[i:i + size], reference, bos)[1]
+           for i in range(0, len(heldout_examples), size)]
+    z0_mean, z0_error = mean_and_error(z0s)
+    prompts = [tokens[:PROMPT_LENGTH] for tokens, _, _ in heldout_examples]
     kl_completion, kl_completion_error = completion_kl(runs["KTO"]["policy"], reference,
                                                        prompts, bos)
     z0_gap = abs(gap_in_standard_errors(z0_mean, z0_error, kl_completion, kl_completion_error))
-    heldout_examples = ([(c, ref_c, True) for c, _, ref_c, _ in heldout_pairs]
-                        + [(r, ref_r, False) for _, r, _, ref_r in heldout_pairs])
     mismatched = mismatched_log_ratio(runs["KTO"]["policy"], reference, heldout_examples)
-    print(f"\nKTO's reference point z0 over its last {LOG_EVERY} steps: {z0_mean:.3f} +- "
-          f"{z0_error:.3f}; the final KTO policy's KL per completion, sampled: {kl_completion:.3f}"
-          f" +- {kl_completion_error:.3f} ({z0_gap:.1f} standard errors apart). TRL's mismatched-"
-          f"pair estimate on held-out names: {mismatched:+.3f}, which its clamp would make 0.")
+    print(f"\nKTO's reference point: z0 of the final policy over {len(z0s)} batches of held-out "
+          f"names {z0_mean:.3f} +- {z0_error:.3f}; its KL per completion, sampled: "
+          f"{kl_completion:.3f} +- {kl_completion_error:.3f} ({z0_gap:.1f} standard errors apart)."
+          f"\nTRL's mismatched-pair estimate for the same policy and names: {mismatched:+.3f}, "
+          f"which its clamp makes 0.")
 
     # --- 6. what SimPO's missing reference saves and costs ---
     num_params = len(parameters(model))
@@ -1091,6 +1102,8 @@ def main():
         "dpo_margin_growth_z": growth["DPO"]["z"],
         "kto_accuracy_gap": table["DPO"]["accuracy"] - table["KTO"]["accuracy"],
         "kto_z0_gap_z": z0_gap,
+        "simpo_kl_gap_z": gap_in_standard_errors(table["SimPO"]["kl"], table["SimPO"]["kl_error"],
+                                                 table["DPO"]["kl"], table["DPO"]["kl_error"]),
         "kto_z0": z0_mean,
         "kto_completion_kl": kl_completion,
         "kto_mismatched_estimate": mismatched,
@@ -1114,6 +1127,7 @@ def main():
         results[f"{key}_final_average_margin"] = mean_and_error(row["average"])[0]
     print_criteria(results)
     print(f"total {time.time() - start:.1f}s")
+    print("\nNext: predict what a change will do, then run it: docs/challenges/micropreference.md")
     return results
 
 

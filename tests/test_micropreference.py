@@ -225,38 +225,66 @@ def test_completion_length_counts_the_scored_tokens():
 
 # --- KTO's data and reference point, against plain recomputations ---
 
-def test_kto_batches_unpair_every_pair_and_shift_completions_by_one():
-    model = mp.frozen_copy(small_model(4))
+def test_kto_batches_unpair_every_pair_and_scatter_the_halves():
     rng = random.Random(5)
     names = [[26, rng.randrange(26)] + [rng.randrange(26) for _ in range(rng.randrange(1, 8))]
              + [26] for _ in range(16)]
     pairs = [(names[2 * i], names[2 * i + 1], -float(i), -float(i) - 0.5) for i in range(8)]
     pair_batches = [pairs[i:i + 2] for i in range(0, 8, 2)]
-    batches = mp.kto_batches(pair_batches, model, random.Random(6))
-    seen = [ex for examples, _ in batches for ex in examples]
+    batches = mp.kto_batches(pair_batches, random.Random(6))
+    assert all(len(b) == 2 * mp.PREF_BATCH for b in batches)
+    seen = [ex for batch in batches for ex in batch]
     expected = ([(c, ref_c, True) for c, _, ref_c, _ in pairs]
                 + [(r, ref_r, False) for _, r, _, ref_r in pairs])
     assert sorted(map(repr, seen)) == sorted(map(repr, expected))
-    assert seen != [ex for pair in pairs for ex in pair]   # shuffled, not in pair order
-    for examples, mismatched in batches:
-        assert len(examples) == 2 * mp.PREF_BATCH or len(examples) == len(mismatched)
-        for j, (tokens, ref) in enumerate(mismatched):
-            prompt = examples[j][0][:mp.PROMPT_LENGTH]
-            completion = examples[j - 1][0][mp.PROMPT_LENGTH:]
-            assert tokens == prompt + completion
-            assert ref == mp.sequence_log_prob(model, tokens, mp.PROMPT_LENGTH)
+    in_pair_order = [ex for c, r, ref_c, ref_r in pairs for ex in ((c, ref_c, True),
+                                                                   (r, ref_r, False))]
+    assert seen != in_pair_order
 
 
-def test_kto_reference_point_is_the_clamped_mean_mismatched_log_ratio():
+def test_kto_reference_point_is_the_clamped_mean_sampled_log_ratio():
     reference = mp.frozen_copy(small_model(7))
     policy = mp.frozen_copy(small_model(7))
     policy["lm_head"][26] = [w - 0.4 for w in policy["lm_head"][26]]   # names run longer
-    mismatched = [(t, mp.sequence_log_prob(reference, t, 2)) for t in
-                  ([26, 3, 0, 13, 26], [26, 9, 4, 11, 11, 0, 26], [26, 0, 1, 26])]
-    plain = [mp.sequence_log_prob(policy, t, 2) - ref for t, ref in mismatched]
-    assert mp.kto_reference_point(policy, mismatched) == pytest.approx(
-        max(0.0, sum(plain) / len(plain)), rel=1e-12, abs=1e-15)
-    assert mp.kto_reference_point(reference, mismatched) == 0.0
+    prompts = [[26, 3], [26, 9], [26, 0], [26, 3]]
+    random.seed(17)
+    z0 = mp.kto_reference_point(policy, reference, prompts, 26)
+    random.seed(17)
+    plain = []
+    for prompt in prompts:
+        tokens, logp = mp.sample(policy, prompt, 26)
+        assert tokens[:2] == prompt
+        assert logp == pytest.approx(mp.sequence_log_prob(policy, tokens, 2), rel=1e-12)
+        plain.append(logp - mp.sequence_log_prob(reference, tokens, 2))
+    assert z0 == pytest.approx(max(0.0, sum(plain) / len(plain)), rel=1e-12, abs=1e-15)
+    assert mp.kto_reference_point(reference, reference, prompts, 26) == 0.0
+
+
+def test_reference_point_estimates_the_kl_per_completion(monkeypatch):
+    # Averaged over many batches, z0 (before its clamp matters) is the sampled KL
+    monkeypatch.setattr(mp, "KL_SAMPLES", 400)
+    reference = mp.frozen_copy(small_model(18))
+    policy = mp.frozen_copy(small_model(18))
+    policy["lm_head"][26] = [w - 0.5 for w in policy["lm_head"][26]]
+    prompts = [[26, 3], [26, 9], [26, 0], [26, 11]]
+    random.seed(19)
+    kl, error = mp.completion_kl(policy, reference, prompts, 26)
+    z0s = [mp.kto_reference_point(policy, reference, prompts, 26) for _ in range(100)]
+    z0, z0_error = mp.mean_and_error(z0s)
+    assert kl > 5 * error
+    assert abs(z0 - kl) < 4 * math.sqrt(error ** 2 + z0_error ** 2)
+
+
+def test_mismatched_log_ratio_pairs_each_prompt_with_the_previous_completion():
+    reference = mp.frozen_copy(small_model(20))
+    policy = mp.frozen_copy(small_model(21))
+    examples = [([26, 3, 0, 13, 26], 0.0, True), ([26, 9, 4, 11, 11, 0, 26], 0.0, False),
+                ([26, 0, 1, 26], 0.0, True)]
+    joined = [[26, 3, 1, 26], [26, 9, 0, 13, 26], [26, 0, 4, 11, 11, 0, 26]]
+    plain = [mp.sequence_log_prob(policy, t, 2) - mp.sequence_log_prob(reference, t, 2)
+             for t in joined]
+    assert mp.mismatched_log_ratio(policy, reference, examples) == pytest.approx(
+        sum(plain) / 3, rel=1e-12)
 
 
 def test_kto_step_gradient_matches_finite_differences_with_z0_held_fixed():
@@ -268,11 +296,11 @@ def test_kto_step_gradient_matches_finite_differences_with_z0_held_fixed():
         p.data += random.gauss(0.0, 0.05)
     examples = [(CHOSEN, mp.sequence_log_prob(reference, CHOSEN, 2), True),
                 (REJECTED, mp.sequence_log_prob(reference, REJECTED, 2), False)]
-    mismatched = [([26, 4, 0, 26], mp.sequence_log_prob(reference, [26, 4, 0, 26], 2)),
-                  ([26, 4, 12, 12, 0, 26], mp.sequence_log_prob(reference, CHOSEN, 2))]
-    z0 = mp.kto_reference_point(mp.frozen_copy(model), mismatched)
-    loss, z0_reported = mp.kto_step(model, (examples, mismatched))
-    assert z0_reported == z0
+    random.seed(22)
+    loss, z0 = mp.kto_step(model, examples, reference, 26)
+    random.seed(22)
+    assert z0 == mp.kto_reference_point(mp.frozen_copy(model), reference,
+                                        [CHOSEN[:2], REJECTED[:2]], 26)
     loss.backward()
 
     def frozen_loss():
@@ -287,6 +315,16 @@ def test_kto_step_gradient_matches_finite_differences_with_z0_held_fixed():
         down = frozen_loss()
         p.data = original
         assert analytic == pytest.approx((up - down) / 2e-5, rel=1e-4, abs=1e-9)
+
+
+def test_fitted_margin_is_the_target_at_the_least_squares_scale():
+    # For margins proportional to how many letters longer the chosen name is, the scale that
+    # minimises mean (c * m_i - t)^2 makes E[(c m)^2] / E[c m] equal to t
+    margins = [1.0, 2.0, 2.0, 3.0, 5.0]
+    t = 2.0
+    c = t * sum(margins) / sum(m * m for m in margins)
+    assert mp.fitted_margin([c * m for m in margins]) == pytest.approx(t, rel=1e-12)
+    assert sum(c * m for m in margins) / len(margins) < t
 
 
 # --- whole-model gradients for the paired losses ---
@@ -351,7 +389,7 @@ def test_sampled_log_prob_matches_the_sequence_log_prob():
     model = mp.frozen_copy(small_model(13))
     random.seed(14)
     for _ in range(5):
-        tokens, logp = mp.sample(model, 26)
+        tokens, logp = mp.sample(model, [26], 26)
         assert logp == pytest.approx(mp.sequence_log_prob(model, tokens, 1), rel=1e-12)
 
 
