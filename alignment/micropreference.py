@@ -590,8 +590,8 @@ def make_pairs(names, count, rng):
 #     dL/dlog pi(c) = -beta * sigmoid(-z) / |c|,  dL/dlog pi(r) = +beta * sigmoid(-z) / |r|
 # with z = beta * (a(c) - a(r)) - gamma. The average keeps a long completion from
 # scoring low just for having more tokens, which matters here, where the longer name is the
-# preferred one: under the sum it would start at a disadvantage of about 2.4 nats per extra
-# letter. Nothing anchors the policy: the KL to the reference is whatever training makes it.
+# preferred one: under the sum each extra letter costs about 2.4 nats of log-probability
+# (the pretrained policy's loss per token). Nothing anchors the policy: the KL to the reference is whatever training makes it.
 # Signpost: TRL has SimPO in CPOTrainer (now trl.experimental.cpo) with loss_type="simpo",
 # cpo_alpha=0 (else a behaviour-cloning term is added) and simpo_gamma; it computes
 # -logsigmoid(beta * ((a(c) - a(r)) - simpo_gamma / beta)), the same loss.
@@ -738,7 +738,7 @@ def kto_step(policy, examples, reference, bos):
 def kto_batches(pair_batches, rng):
     """The same examples as the pairs, with the pairing thrown away."""
     # Unpairing, as TRL's unpair_preference_dataset does: each pair becomes one desirable
-    # and one undesirable example, and the shuffle scatters the two halves of a pair across
+    # and one undesirable example. The shuffle then scatters the two halves of a pair across
     # different batches. Each batch keeps the pairs' count of sequences, 2 * PREF_BATCH.
     examples = [(tokens, ref, desirable) for chosen, rejected, ref_c, ref_r in
                 (pair for batch in pair_batches for pair in batch)
