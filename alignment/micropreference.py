@@ -21,6 +21,12 @@ the length of the names they write, and the margin they end at. Three points are
   each name only labelled desirable or undesirable, and still ranks held-out pairs.
 - SimPO (Meng et al., 2024) drops the reference: one model instead of two, and nothing in its
   loss holds the KL to the reference down.
+In the run, between steps 50 and 100 DPO's mean held-out margin grows from 3.38 to 11.55 nats
+while IPO's stays at 1.43 and 1.48 (the scale its least squares fits, E[m^2]/E[m], at 2.13
+and 2.16 against the target 2); KTO ranks 87.5% of the held-out pairs right, DPO 90.5%;
+SimPO ranks 99.0% right by its own reward, but its KL to the reference ends at 44.9 nats per
+name against DPO's 5.7, and its names run to 12.3 letters (the samples it prints all open
+with a run of z's).
 
 Run: python alignment/micropreference.py    (about 45 s on the 2-core CI machine)
 """
@@ -591,7 +597,8 @@ def make_pairs(names, count, rng):
 # with z = beta * (a(c) - a(r)) - gamma. The average keeps a long completion from
 # scoring low just for having more tokens, which matters here, where the longer name is the
 # preferred one: under the sum each extra letter costs about 2.4 nats of log-probability
-# (the pretrained policy's loss per token). Nothing anchors the policy: the KL to the reference is whatever training makes it.
+# (the pretrained policy's loss per token). Nothing anchors the policy: the KL to the
+# reference is whatever training makes it.
 # Signpost: TRL has SimPO in CPOTrainer (now trl.experimental.cpo) with loss_type="simpo",
 # cpo_alpha=0 (else a behaviour-cloning term is added) and simpo_gamma; it computes
 # -logsigmoid(beta * ((a(c) - a(r)) - simpo_gamma / beta)), the same loss.
