@@ -57,6 +57,8 @@ QUICK_SETTINGS = {
     "microoptim": {"NUM_STEPS": 20, "BATCH_SIZE": 8, "HELDOUT_NAMES": 30, "SMOOTH": 5,
                    "STEP_DECAY_EVERY": 8, "WARMUP_STEPS": 4, "BIAS_DEMO_STEPS": 10},
     "microsft": {"PRETRAIN_STEPS": 3, "SFT_STEPS": 3, "EVAL_NAMES": 3, "NUM_SHOWN": 1},
+    "micropreference": {"NUM_STEPS": 3, "PREF_STEPS": 2, "PREF_BATCH": 2, "HELDOUT_PAIRS": 4,
+                        "KL_SAMPLES": 4, "LOG_EVERY": 1},
 }
 
 
