@@ -27,7 +27,7 @@ the softened targets and the T^2 factor; Kim and Rush, "Sequence-Level Knowledge
 copied (with microdpo.py's float path, so one function runs on Values and on plain floats);
 microgpt follows Karpathy's micrograd, makemore and microgpt.
 
-Run: python alignment/microdistill.py    (about 37 s on the 2-core CI machine)
+Run: python alignment/microdistill.py    (about 35 s on the 2-core CI machine)
 """
 import gc
 import hashlib

@@ -24,7 +24,7 @@ network is derived by hand on plain floats (the tests check it against finite di
 of a loss written index by index): 21 training runs of 250 steps must fit in the budget,
 and no autograd graph is needed for a graph this small and fixed.
 
-Run: python alignment/microoptim.py    (about 33 s on the 2-core CI machine)
+Run: python alignment/microoptim.py    (about 31 s on the 2-core CI machine)
 """
 import hashlib
 import math

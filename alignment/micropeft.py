@@ -49,7 +49,7 @@ a plainly written forward pass; the three that merge (LoRA, DoRA, IA3) give, mer
 the logits of the adapter path (error below 1e-12); every parameter count matches its
 formula; the base itself never changes.
 
-Run: python alignment/micropeft.py    (about 45 s on the 2-core CI machine)
+Run: python alignment/micropeft.py    (about 36 s on the 2-core CI machine)
 """
 import gc
 import hashlib

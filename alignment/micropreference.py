@@ -28,7 +28,7 @@ SimPO ranks 99.0% right by its own reward, but its KL to the reference ends at 4
 name against DPO's 5.7, and its names run to 12.3 letters (the samples it prints all open
 with a run of z's).
 
-Run: python alignment/micropreference.py    (about 45 s on the 2-core CI machine)
+Run: python alignment/micropreference.py    (about 43 s on the 2-core CI machine)
 """
 import gc
 import hashlib

@@ -33,7 +33,7 @@ runs on Values for training and on plain floats for generation). Chat templates 
 Face's apply_chat_template and the ChatML layout (<|im_start|>role ... <|im_end|>); the masking
 follows TRL's SFTTrainer with assistant_only_loss=True.
 
-Run: python alignment/microsft.py    (about 38 s on the 2-core CI machine)
+Run: python alignment/microsft.py    (about 35 s on the 2-core CI machine)
 """
 import gc
 import hashlib
