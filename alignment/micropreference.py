@@ -727,7 +727,9 @@ def kto_reference_point(policy_floats, reference, prompts, bos):
     for prompt in prompts:
         tokens, logp_policy = sample(policy_floats, prompt, bos)
         log_ratios.append(logp_policy - sequence_log_prob(reference, tokens, PROMPT_LENGTH))
-    return max(0.0, sum(log_ratios) / len(log_ratios))
+    mean_ratio = sum(log_ratios) / len(log_ratios)
+    # Clamped at 0, as TRL clamps it; a NaN stays NaN, where max(0.0, nan) would give 0.0.
+    return mean_ratio if math.isnan(mean_ratio) else max(0.0, mean_ratio)
 
 
 def kto_step(policy, examples, reference, bos):
