@@ -15,6 +15,10 @@ in, runs the copy as a user would and asserts that:
 The fast tests check that every broken version still applies: each replaced text occurs
 exactly once in the script, so a later edit cannot silently turn a broken version off.
 """
+import hashlib
+import json
+import os
+
 import pytest
 
 from support import (ROOT, all_broken_versions, failed_checks, implemented_specs,
@@ -43,16 +47,26 @@ def test_broken_version_still_applies(broken):
     assert broken.scores, f"{broken.id}: record in the entry what it scores"
 
 
-_working_runs = {}
-
-
 def working_failures(spec, settings, tmp_path_factory):
-    """The checks the working script fails at the given shortened settings (run once each)."""
-    key = (spec.path, repr(sorted(settings.items())))
-    if key not in _working_runs:
-        run = run_as_user(ROOT / spec.path, tmp_path_factory.mktemp("working"), settings)
-        _working_runs[key] = set(failed_checks(spec.checks, run.measured)[1])
-    return _working_runs[key]
+    """The checks (as text) the working script fails at the given shortened settings.
+
+    Several broken versions of a script share one setting, so the working run is made once and
+    its verdicts kept in a file that every worker of this session reads (the folder above a
+    worker's own temporary folder is the session's), keyed by the script's text and settings.
+    """
+    basetemp = tmp_path_factory.getbasetemp()
+    shared = basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
+    source = (ROOT / spec.path).read_bytes()
+    key = hashlib.sha256(source + repr(sorted(settings.items())).encode()).hexdigest()[:16]
+    cached = shared / f"working-{spec.name}-{key}.json"
+    if cached.exists():
+        return set(json.loads(cached.read_text(encoding="utf-8")))
+    run = run_as_user(ROOT / spec.path, tmp_path_factory.mktemp("working"), settings)
+    failing = sorted(str(check) for check in failed_checks(spec.checks, run.measured)[1])
+    partial = cached.with_suffix(f".{os.getpid()}.partial")
+    partial.write_text(json.dumps(failing), encoding="utf-8")
+    os.replace(partial, cached)  # a worker never reads a half-written file
+    return set(failing)
 
 
 @pytest.mark.slow
@@ -72,6 +86,7 @@ def test_broken_version_fails_a_criterion(broken, tmp_path, tmp_path_factory):
     assert failures, f"{broken.id} passes every criterion"
     assert "FAIL" in run.stdout, f"{broken.id}: the script's own table must say FAIL"
     if broken.settings:
-        separating = set(failures) - working_failures(spec, broken.settings, tmp_path_factory)
+        separating = ({str(check) for check in failures}
+                      - working_failures(spec, broken.settings, tmp_path_factory))
         assert separating, (f"{broken.id}: at {broken.settings} the working script fails the "
                             f"same checks, so the short run does not separate them")
