@@ -52,9 +52,9 @@ LOG_EVERY = 10       # progress line every 10 steps
 # What the count leaves out: the one or two working vectors a layer is reading and writing
 # at that moment (and the gradient flowing back), which every schedule needs alike; PyTorch
 # likewise separates tensors "saved for backward" from the ones in flight.
-# A freed slot on a GPU is soon reused by other tensors, so reading it returns garbage. Here
-# it returns NaN, which poisons every number computed from it: a bug that reads freed memory
-# shows up as a NaN gradient and fails the criteria table instead of crashing.
+# A freed slot of raw memory is soon reused for other data, so a program that still reads it
+# gets garbage. Here it reads NaN, which poisons every number computed from it: a bug that
+# reads freed memory shows up as a NaN gradient and fails the criteria table, not a crash.
 
 
 class ActivationMeter:
@@ -199,11 +199,13 @@ def store_everything_gradients(params, xs, ys, meter):
 # and the gradient arriving at h_e was already computed by the segment after it.
 # Signpost: PyTorch's torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
 # wraps one segment: it saves fn's inputs instead of the tensors fn would save, and reruns
-# fn in the backward pass. checkpoint_sequential(functions, segments, input, use_reentrant=
-# False) cuts a Sequential into segments like this loop does, except that it runs the last
-# segment normally, keeping its activations (they would be recomputed first anyway, so that
-# saves r - 1 evaluations at no cost in peak). PyTorch asks for use_reentrant to be passed
-# explicitly and recommends False; recent versions warn when it is left out.
+# fn in the backward pass (the non-reentrant variant stops rerunning as soon as it has
+# rebuilt what the backward needs). checkpoint_sequential(functions, segments, input,
+# use_reentrant=False) cuts a Sequential into `segments` pieces (n here, not k) like this
+# loop, except that it runs the last piece normally, keeping its activations: they would be
+# rebuilt first anyway, so that saves r - 1 evaluations at no cost in peak. PyTorch asks for
+# use_reentrant to be passed explicitly and recommends False; recent versions warn when it
+# is left out.
 
 
 def checkpointed_gradients(params, xs, ys, k, meter):
@@ -514,7 +516,8 @@ def main():
     # Transformer Models") recompute selectively instead: inside each transformer layer only
     # the attention parts whose activations are large (they grow with the square of the
     # sequence length) but cheap to recompute. Megatron-LM exposes both: recompute
-    # granularity "full" (whole layers, in chunks of recompute_num_layers) or "selective".
+    # granularity "full" (whole layers; with the "uniform" method, in chunks of
+    # recompute_num_layers, as here) or "selective".
 
     results = {
         "max_grad_difference": nan_aware_max([sweep_grad_difference, train_grad_difference]),
