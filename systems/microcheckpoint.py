@@ -90,8 +90,8 @@ def init_params():
     layers = [{"W": [[random.gauss(0.0, std) for _ in range(WIDTH)] for _ in range(WIDTH)],
                "b": [0.0] * WIDTH} for _ in range(DEPTH)]
     # Why small weights: 64 layers of (I + W) multiply up. With std 0.3 / sqrt(WIDTH) and a
-    # readout of std 1 / sqrt(WIDTH) the first loss was 33 and descent diverged; at these
-    # sizes it starts at 0.42 and falls (seeds 1 and 2: from 0.38 and 0.20).
+    # readout of std 1 / sqrt(WIDTH) the first loss was 33 (and descent at learning rate 0.1
+    # diverged); at these sizes it starts at 0.42 and falls (seeds 1, 2: from 0.38, 0.20).
     readout = {"v": [random.gauss(0.0, READOUT_STD) for _ in range(WIDTH)],
                "c": [0.0]}
     return {"layers": layers, "readout": readout}
