@@ -33,7 +33,7 @@ al. 2019 (GPipe), Narayanan et al. 2019 and 2021 (PipeDream, and the 1F1B flush 
 Megatron-LM uses), and the ring all-reduce as Baidu and Horovod (Sergeev and Del Balso 2018)
 brought it to deep learning.
 
-Run: python systems/microparallel.py    (about 2 s on the 2-core CI machine)
+Run: python systems/microparallel.py    (about a second on the 2-core CI machine)
 """
 import math
 import operator
@@ -59,8 +59,8 @@ FD_STEP = 1e-5
 
 # Each block is stored as one flat list of 2 * D_HIDDEN * D_MODEL floats: first W1 (hidden
 # units x D_MODEL, row j = the weights into hidden unit j), then W2 (D_MODEL x hidden units).
-# Flat lists are what ZeRO and FSDP shard: FSDP flattens each wrapped unit's parameters into
-# one FlatParameter and gives every rank an equal slice of it.
+# Flat lists are what ZeRO and FSDP shard: PyTorch's FullyShardedDataParallel flattens each
+# wrapped module's parameters into one FlatParameter and keeps one slice of it on each rank.
 BLOCK_SIZE = 2 * D_HIDDEN * D_MODEL
 
 
@@ -219,6 +219,7 @@ def train_serial(blocks, batches):
 # them with computation. The ring below is the one whose traffic has the clean formula.
 
 class Network:
+    # One per parallel run: floats_sent[r] and messages_sent[r] are worker r's totals.
     def __init__(self, workers):
         self.floats_sent = [0] * workers
         self.messages_sent = [0] * workers
@@ -332,9 +333,10 @@ def average(vector, p):
 # stage 3 sends 3 (p - 1) Psi / p, because the weights are all-gathered twice (forward and
 # backward) and nothing is gathered after the update. The ZeRO paper's 1.5x.
 # Activations are not counted: every stage keeps the activations of its own examples.
-# Signpost: DeepSpeed implements the three stages (stage 3 with prefetching and CPU or NVMe
-# offload); PyTorch FSDP shards each wrapped module's FlatParameter, and its SHARD_GRAD_OP
-# keeps the gathered weights from the forward through the backward instead of freeing them.
+# Signpost: DeepSpeed implements the three stages (and ZeRO-Infinity offloads the shards to
+# CPU or NVMe memory); PyTorch's FullyShardedDataParallel shards each wrapped module's
+# FlatParameter, and its SHARD_GRAD_OP strategy keeps the gathered weights from the forward
+# through the backward instead of freeing them in between.
 
 def zero_memory_formula(stage, psi, p):
     shard = psi // p
@@ -355,12 +357,16 @@ def train_zero(stage, blocks, batches, p, net):
     c = BLOCK_SIZE // p                       # one worker's chunk of a block
     psi = BLOCK_SIZE * len(blocks)
     mems = [Memory() for _ in range(p)]
+    # Worker r owns chunk r of every block: the chunk the ring's reduce-scatter leaves summed
+    # on worker r, so ownership costs no extra message.
     own = [slice(r * c, (r + 1) * c) for r in range(p)]
     # Weights: full copies (stages 0-2) or only the owned chunks (stage 3).
     if stage < 3:
         weights = [[list(flat) for flat in blocks] for _ in range(p)]
     else:
         weights = [[flat[own[r]] for flat in blocks] for r in range(p)]
+    # Adam's moments: for the whole block at stage 0, for the owned chunk from stage 1 on.
+    # This is the whole of stage 1's saving, and with Adam it is already half the state.
     opt_len = BLOCK_SIZE if stage == 0 else c
     ms = [[[0.0] * opt_len for _ in blocks] for _ in range(p)]
     vs = [[[0.0] * opt_len for _ in blocks] for _ in range(p)]
@@ -369,6 +375,7 @@ def train_zero(stage, blocks, batches, p, net):
         mems[r].alloc("adam", 2 * opt_len * len(blocks))
     first_grads = None
     for step, (xs, ys) in enumerate(batches, 1):
+        # Data parallelism proper: worker r gets examples r * share .. (r + 1) * share - 1.
         share = len(xs) // p
         hs = [xs[r * share:(r + 1) * share] for r in range(p)]
         targets = [ys[r * share:(r + 1) * share] for r in range(p)]
@@ -393,10 +400,13 @@ def train_zero(stage, blocks, batches, p, net):
             if stage == 3:
                 for r in range(p):
                     mems[r].free("weights", BLOCK_SIZE)    # reshard after the forward
-        # Each worker's loss is the mean over its own examples (scale 1 / share).
+        # Each worker's loss is the mean over its own examples (scale 1 / share); average()
+        # turns the sum of p such means into the mean over the whole batch.
         g = [loss_and_output_grads(hs[r], targets[r], 1.0 / share)[1] for r in range(p)]
 
         # --- backward, last block first ---
+        # The gradient memory that lives through the whole backward: all of it (stages 0,
+        # 1), or only the owned chunks (stages 2, 3), which fill up block by block.
         kept = psi if stage < 2 else psi // p
         for r in range(p):
             mems[r].alloc("grads", kept)
@@ -439,6 +449,8 @@ def train_zero(stage, blocks, batches, p, net):
                     grads[r][b] = average(buffers[r][own[r]], p)
         if first_grads is None:
             first_grads = assemble_grads(stage, grads, p)
+        # Adam, element by element: on everything (stage 0, every worker repeats the same
+        # update), or on the owned chunk only (stages 1-3: p times less optimiser work).
         for r in range(p):
             for b in range(len(blocks)):
                 if stage == 0:
@@ -454,6 +466,8 @@ def train_zero(stage, blocks, batches, p, net):
             # Every worker updated only its own chunks; the all-gather hands them round.
             for b in range(len(blocks)):
                 ring_all_gather(net, [weights[r][b] for r in range(p)])
+    # Stages 0-2 end with p full copies (all are compared with the serial run: a replica that
+    # drifted from the others would show); stage 3 has only shards, put together here.
     if stage < 3:
         final = weights
     else:
@@ -485,6 +499,7 @@ def assemble_grads(stage, grads, p):
 # NCCL; attention is split by heads in the same way, so a transformer layer needs two
 # all-reduces in its forward pass and two in its backward.
 
+# Worker r's hidden units are r * u .. (r + 1) * u - 1: rows of W1 and columns of W2.
 def tp_split(flat, r, p):
     """Worker r's slice of a block, laid out as a block of u = D_HIDDEN / p hidden units."""
     u = D_HIDDEN // p
@@ -513,6 +528,9 @@ def rows_of(flat):
 
 def train_tensor_parallel(blocks, batches, p, net):
     u = D_HIDDEN // p
+    # Each worker holds 1/p of every block and Adam's moments for that slice only: tensor
+    # parallelism divides the model state by p as ZeRO-3 does, but it never gathers the
+    # weights; it moves activations instead (the all-reduces below).
     shards = [[tp_split(flat, r, p) for flat in blocks] for r in range(p)]
     ms = [[[0.0] * len(s) for s in shards[r]] for r in range(p)]
     vs = [[[0.0] * len(s) for s in shards[r]] for r in range(p)]
@@ -528,6 +546,7 @@ def train_tensor_parallel(blocks, batches, p, net):
                 partial_outputs.append(flatten_rows(outs))
             ring_all_reduce(net, partial_outputs)            # g: sum the partial outputs
             hs = [add_rows(hs[r], rows_of(partial_outputs[r])) for r in range(p)]
+        # Every worker now holds the same full output, so each computes the same loss gradient.
         g = [loss_and_output_grads(hs[r], ys, 1.0 / len(xs))[1] for r in range(p)]
         grads = [[None] * len(blocks) for _ in range(p)]
         for b in reversed(range(len(blocks))):
@@ -570,13 +589,16 @@ def train_tensor_parallel(blocks, batches, p, net):
 # on stage 0, whatever m is.
 # Signpost: a real pipeline also waits for the send between stages, splits layers so stages
 # take equal time, and Megatron-LM's interleaved schedule gives each device several chunks
-# of layers to shrink the bubble further; torch.distributed.pipelining ships GPipe and 1F1B.
+# of layers to shrink the bubble further.
 
 def gpipe_schedule(p, m):
+    # Each stage's own list of operations, in the order it runs them.
     return [[("F", i) for i in range(m)] + [("B", i) for i in range(m)] for _ in range(p)]
 
 
 def one_f_one_b_schedule(p, m):
+    # Stage s starts its first backward after w + 1 forwards: the last stage at once (w = 0),
+    # the first after p. Megatron-LM computes the same warm-up count, p - rank - 1 capped at m.
     schedule = []
     for s in range(p):
         warmup = min(p - 1 - s, m)
@@ -594,6 +616,8 @@ def simulate(schedule, p):
     messages it needs from its neighbours, as a device would; it does not check that its
     own list is sensible (the validator does). Returns the events (stage, kind, micro-batch,
     start, end) and the number of operations that never ran (a deadlock)."""
+    # position[s]: the next operation in stage s's list; free_at[s]: the tick stage s is next
+    # free; ends: the finishing tick of every operation that has run.
     position, free_at, ends, events = [0] * p, [0] * p, {}, []
     progress = True
     while progress:
@@ -608,6 +632,7 @@ def simulate(schedule, p):
                 needs = ("B", s + 1, i) if s < p - 1 else None
             if needs is not None and needs not in ends:
                 continue
+            # Start as soon as both the stage and its input are ready; sending takes no time.
             start = max(free_at[s], ends[needs] if needs else 0)
             end = start + (T_F if kind == "F" else T_B)
             ends[(kind, s, i)] = free_at[s] = end
@@ -647,10 +672,15 @@ def pipeline_step(blocks, events, xs, ys, net, scale):
     and the number of reads of an activation that was not there."""
     p, m = len(blocks), MICRO_BATCHES
     size = len(xs) // m
+    # stash[s][i]: what stage s keeps of micro-batch i between its F and its B (the block's
+    # input and pre-activations): the activation memory the two schedules differ in.
     stash = [{} for _ in range(p)]
     inbox, peak, missing = {}, [0] * p, 0
     grads = [[0.0] * BLOCK_SIZE for _ in range(p)]
     outputs = [None] * m
+    # Operations that start on the same tick run on different stages and never depend on
+    # each other (a dependency has ended before its dependant starts), so any order among
+    # them gives the same numbers.
     for s, kind, i, start, end in sorted(events, key=lambda e: (e[3], e[0])):
         if kind == "F":
             hs = xs[i * size:(i + 1) * size] if s == 0 else inbox.pop(("act", s, i))
@@ -709,6 +739,7 @@ def train_pipeline(blocks, batches, events, net):
 # (a backward fills T_B cells), "." padding for idle ticks.
 
 def timeline_grid(events, p):
+    # grid[s][t] = (kind, micro-batch) running on stage s during tick t, or None if idle.
     makespan = max((e[4] for e in events), default=0)
     grid = [[None] * makespan for _ in range(p)]
     for s, kind, i, start, end in events:
@@ -754,9 +785,12 @@ def max_difference(a_lists, b_lists):
 
 def finite_difference_error(blocks, xs, ys):
     """Largest |analytic - numerical| over FD_SAMPLES weights, central differences."""
+    # A bug in the hand-derived backward would be copied into every parallel form alike and
+    # pass every comparison between them; only an outside reference catches it. Central
+    # differences err by O(FD_STEP^2) ~ 1e-10, far below a real gradient bug.
     scale = 1.0 / len(xs)
     _, grads, _ = model_gradients(blocks, xs, ys, scale)
-    rng = random.Random(7)
+    rng = random.Random(7)   # its own generator: the check does not move the run's draws
     errors = []
     for _ in range(FD_SAMPLES):
         b, k = rng.randrange(len(blocks)), rng.randrange(BLOCK_SIZE)
@@ -806,7 +840,7 @@ def print_criteria(results):
 # === MAIN ===
 
 def main():
-    random.seed(42)
+    random.seed(42)   # the teacher, the initial weights and the data all follow from this
     start = time.time()
     p, m, stages = WORKERS, MICRO_BATCHES, NUM_BLOCKS
     psi = BLOCK_SIZE * NUM_BLOCKS
@@ -823,6 +857,9 @@ def main():
     print(f"Hand-derived gradient vs central differences on {FD_SAMPLES} weights: "
           f"largest |difference| {gradient_check_error:.2e}")
 
+    # The reference run. Every parallel form below starts from the same weights, sees the same
+    # batches and must end at the same weights; "the same" means up to rounding, because the
+    # ring adds the workers' partial sums in another order than one worker adds its examples.
     print("\n[1] One worker, the whole batch (the reference every form must match)")
     (serial_outputs, serial_grads), serial_final = train_serial(blocks, batches)
 
@@ -831,6 +868,9 @@ def main():
           f"(each sees {BATCH_SIZE // p} examples)")
     print(f"{'stage':>7} {'max |diff|':>11} {'sent/worker':>12} {'formula':>8} "
           f"{'weights':>8} {'grads':>6} {'adam':>5} {'total':>6} {'formula total':>14}")
+    # For every stage: the largest difference from the serial run (first step's averaged
+    # gradient and every replica's final weights), the floats each worker sent against the
+    # formula, and each worker's peak memory by kind against the table in the ZeRO section.
     zero_errors, traffic_mismatches, memory_mismatches = {}, 0, 0
     for stage in range(4):
         net = Network(p)
@@ -858,6 +898,8 @@ def main():
     # --- tensor parallel ---
     print(f"\n[3] Tensor parallel: every block's {D_HIDDEN} hidden units split "
           f"{D_HIDDEN // p} per worker")
+    # The whole batch on every worker; the outputs (after the all-reduces), the assembled
+    # first-step gradients and the final weights are compared with the serial run.
     tp_net = Network(p)
     (tp_outputs, tp_grads), tp_final = train_tensor_parallel(blocks, batches, p, tp_net)
     tp_max_error = nan_aware_max([max_difference(tp_outputs, serial_outputs),
@@ -873,11 +915,15 @@ def main():
     # --- pipeline ---
     print(f"\n[4] Pipeline: {stages} stages (one block each), {m} micro-batches of "
           f"{BATCH_SIZE // m}; F takes {T_F} tick, B takes {T_B}")
+    # Fractions, not floats: "equal to the formula" is meant exactly.
     bubble_formula = Fraction(stages - 1, m + stages - 1)
     pipeline_errors, pipeline_count_mismatches, schedule_violations = [], 0, 0
     chart_mismatches, peaks = 0, {}
     micro_floats = BATCH_SIZE // m * D_MODEL
     for name, build in (("GPipe", gpipe_schedule), ("1F1B", one_f_one_b_schedule)):
+        # The timeline is built once from the schedule and replayed for every training step
+        # (the clock does not depend on the numbers). Violations: operations that never ran,
+        # dependencies the timeline breaks, and backwards that found no stored forward.
         events, never_ran = simulate(build(stages, m), stages)
         violations = never_ran + validate(events, stages, m)
         net = Network(stages)
@@ -888,6 +934,7 @@ def main():
                                max_difference(grads, serial_grads),
                                max_difference(final, serial_final)])
         pipeline_errors.append(error)
+        # The bubble read off the timeline: idle stage-ticks over all stage-ticks.
         makespan = max((e[4] for e in events), default=0)
         busy = sum(e[4] - e[3] for e in events)
         bubble = Fraction(stages * makespan - busy, stages * makespan) if makespan else 1
@@ -902,6 +949,8 @@ def main():
             pipeline_count_mismatches += (net.floats_sent[s]
                                           != NUM_STEPS * sends * m * micro_floats)
         peaks[name] = max(peak)
+        # The chart is read back and compared with the timeline cell by cell, so the picture
+        # a reader trusts is the schedule that ran.
         lines = draw_timeline(events, stages, m)
         drawn = read_timeline(lines, m)
         chart_mismatches += sum(a != b for row_a, row_b in zip(drawn, timeline_grid(events,
