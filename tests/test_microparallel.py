@@ -196,7 +196,7 @@ def test_zero_with_two_workers_meets_its_formulas(monkeypatch):
     teacher = mp.random_blocks(mp.TEACHER_STD)
     blocks = mp.random_blocks(mp.INIT_STD)
     batches = mp.make_batches(teacher)
-    (_, serial_grads), serial_final = mp.train_serial(blocks, batches)
+    (_, serial_grads), serial_final, _ = mp.train_serial(blocks, batches)
     p = 2
     psi = mp.BLOCK_SIZE * mp.NUM_BLOCKS
     for stage in range(4):
