@@ -179,8 +179,9 @@ def model_gradients(blocks, xs, ys, scale):
 
 
 # === OPTIMISER: ADAM, ELEMENT BY ELEMENT ===
-# Adam keeps two numbers per weight (the moments m and v), which is why it dominates the
-# memory of training and why ZeRO shards it first. Each element's update reads only that
+# Adam keeps two numbers per weight (the moments m and v): half of this script's model state
+# (weights, gradients, moments), and with mixed precision 12 of the ZeRO paper's 16 bytes per
+# weight, which is why ZeRO shards it first. Each element's update reads only that
 # element's gradient and moments, so a worker can update any slice of the weights on its own:
 # the fact every sharded optimiser rests on.
 
@@ -352,8 +353,8 @@ def zero_traffic_formula(stage, psi, p, steps):
 
 def train_zero(stage, blocks, batches, p, net):
     """Train with ZeRO stage 0-3 over p simulated workers. Returns the first step's averaged
-    gradients, the final weights (assembled from worker 0, or from the shards at stage 3)
-    and each worker's Memory."""
+    gradients, the final weights (every worker's copy, or at stage 3 one copy put together
+    from the shards) and each worker's Memory."""
     c = BLOCK_SIZE // p                       # one worker's chunk of a block
     psi = BLOCK_SIZE * len(blocks)
     mems = [Memory() for _ in range(p)]
@@ -573,12 +574,15 @@ def train_tensor_parallel(blocks, batches, p, net):
 # stage has sent F(i)'s output, and B(i) once the next stage has sent B(i)'s input gradient;
 # the last stage turns its own forward output into the loss gradient.
 #   GPipe (Huang et al. 2019): every stage runs F(0) .. F(m - 1), then B(0) .. B(m - 1).
-#   1F1B (PipeDream-Flush, Narayanan et al. 2021; Megatron-LM's default schedule): stage s
+#   1F1B (PipeDream-Flush, Narayanan et al. 2021; Megatron-LM's schedule when the pipeline
+#     is not interleaved): stage s
 #     runs w = min(p - 1 - s, m) warm-up forwards, then alternates one forward and one
 #     backward, then drains the remaining backwards.
-# The bubble: with every F taking T_F and every B taking T_B, the last micro-batch's forward
-# reaches the last stage after p - 1 stage-forwards of delay, and the first backward needs as
-# long again to travel back; both schedules finish at (m + p - 1)(T_F + T_B), while each stage
+# The bubble, with every F taking T_F and every B taking T_B: micro-batch 0 reaches the last
+# stage after (p - 1) T_F; from then on the last stage works without a gap (in both schedules:
+# see its row in the charts) through its m forwards and m backwards; and the last backward
+# still has to pass back through the p - 1 stages before it, (p - 1) T_B. So both schedules
+# end at (p - 1) T_F + m (T_F + T_B) + (p - 1) T_B = (m + p - 1)(T_F + T_B), while each stage
 # is busy for m (T_F + T_B). The idle share is
 #     bubble = 1 - m / (m + p - 1) = (p - 1) / (m + p - 1)
 # for both: 1F1B does not shrink the bubble, it shrinks the memory. A stage must keep a
@@ -669,11 +673,11 @@ def validate(events, p, m):
 def pipeline_step(blocks, events, xs, ys, net, scale):
     """Execute one training step's events in clock order with real numbers. Returns the
     accumulated gradients, the outputs, the peak number of stashed micro-batches per stage
-    and the number of reads of an activation that was not there."""
+    and the number of reads of an activation or a message that was not there."""
     p, m = len(blocks), MICRO_BATCHES
     size = len(xs) // m
     # stash[s][i]: what stage s keeps of micro-batch i between its F and its B (the block's
-    # input and pre-activations): the activation memory the two schedules differ in.
+    # input, pre-activations and output): the activation memory the two schedules differ in.
     stash = [{} for _ in range(p)]
     inbox, peak, missing = {}, [0] * p, 0
     grads = [[0.0] * BLOCK_SIZE for _ in range(p)]
@@ -683,7 +687,11 @@ def pipeline_step(blocks, events, xs, ys, net, scale):
     # them gives the same numbers.
     for s, kind, i, start, end in sorted(events, key=lambda e: (e[3], e[0])):
         if kind == "F":
-            hs = xs[i * size:(i + 1) * size] if s == 0 else inbox.pop(("act", s, i))
+            hs = xs[i * size:(i + 1) * size] if s == 0 else inbox.pop(("act", s, i), None)
+            if hs is None:
+                # No message arrived (a broken schedule): zeros stand in, and it is counted.
+                missing += 1
+                hs = [[0.0] * D_MODEL for _ in range(size)]
             acts, outs = forward_block(blocks[s], D_HIDDEN, hs)
             out = add_rows(hs, outs)
             stash[s][i] = (hs, acts, out)
@@ -704,7 +712,10 @@ def pipeline_step(blocks, events, xs, ys, net, scale):
         if s == p - 1:
             g = loss_and_output_grads(out, ys[i * size:(i + 1) * size], scale)[1]
         else:
-            g = inbox.pop(("grad", s, i))
+            g = inbox.pop(("grad", s, i), None)
+            if g is None:
+                missing += 1
+                g = [[0.0] * D_MODEL for _ in range(size)]
         g_block, g_hs = backward_block(blocks[s], D_HIDDEN, hs, acts, g)
         for k, x in enumerate(g_block):
             grads[s][k] += x                  # gradient accumulation over micro-batches
