@@ -60,6 +60,7 @@ QUICK_SETTINGS = {
     "micropreference": {"NUM_STEPS": 3, "PREF_STEPS": 2, "PREF_BATCH": 2, "HELDOUT_PAIRS": 4,
                         "KL_SAMPLES": 4, "LOG_EVERY": 1},
     "microcheckpoint": {"DEPTH": 16, "BATCH": 2, "NUM_STEPS": 2, "FD_PARAMS": 4, "LOG_EVERY": 1},
+    "microparallel": {"NUM_STEPS": 2, "FD_SAMPLES": 3},
 }
 
 
