@@ -45,7 +45,7 @@ NUM_DATABASE = 4000    # stored vectors (names); brute force measures all of the
 NUM_QUERIES = 200      # held-out names, never stored, used as queries
 TOP_K = 10             # recall@10: how many of the true 10 nearest a method returns
 KMEANS_ITERS = 10      # Lloyd iterations for the coarse quantiser and for every PQ codebook
-NLIST = 32             # IVF cells; FAISS's guides suggest about 4 * sqrt(N) to 16 * sqrt(N)
+NLIST = 32             # IVF cells: about 125 vectors each (FAISS warns below 39 per centroid)
 PQ_M = 8               # PQ sub-vectors: 16 dims -> 8 pieces of 2
 PQ_BITS = 4            # bits per sub-vector code: 2^4 = 16 centroids per piece
 RERANK_SHORTLIST = (10, 20, 50, 100)   # PQ candidates re-ranked by their exact distance
@@ -55,6 +55,15 @@ HNSW_M = 8             # graph links per node above layer 0 (layer 0 keeps up to
 HNSW_EF_CONSTRUCTION = 40   # beam width while inserting (FAISS's default is 40 too)
 HNSW_EF_SWEEP = (10, 20, 40, 80)   # beam widths at query time; recall rises with ef
 HNSW_EF_CRITERION = 40      # the ef at which the HNSW criterion is read
+
+# What is simulated, and what real systems do instead: every "cost" here is a count of
+# full-width distance computations, not a time. Real indexes are judged by queries per
+# second at a recall, and there memory traffic, SIMD and caches matter as much as the count
+# (FAISS's fast-scan PQ keeps 4-bit tables in SIMD registers; a graph walk is mostly cache
+# misses). Memory is the bytes FAISS would store, not what these Python lists occupy. And
+# 4,000 vectors of 16 dims is tiny: at a billion vectors of 768 dims brute force is out of
+# reach and the indexes combine (FAISS's IndexIVFPQ stores PQ codes of each vector's
+# residual from its cell's centroid in the inverted lists).
 
 # === DATA ===
 # Every no-magic script shares one download cache, so names.txt is fetched once.
@@ -182,7 +191,8 @@ COUNTER = Counter()
 
 def squared_l2_naive(a, b):
     """||a - b||^2 written from the formula; the reference for PQ's table distances."""
-    return sum((x - y) * (x - y) for x, y in zip(a, b))
+    diff = list(map(operator.sub, a, b))        # a_i - b_i
+    return sum(map(operator.mul, diff, diff))   # sum_i (a_i - b_i)^2
 
 
 def distances_to(query, vectors, ids):
@@ -206,6 +216,11 @@ def brute_force(query, vectors, k):
     return top_k(distances_to(query, vectors, ids), ids, k)
 
 
+def nan_aware_max(values):
+    """max() that returns NaN if any value is NaN (max(0.0, nan) is 0.0 in Python)."""
+    return math.nan if any(math.isnan(v) for v in values) else max(values)
+
+
 def recall_at_k(found, truth):
     """Share of the true k nearest that a method returned, averaged over the queries."""
     hits = sum(len(set(f) & set(t)) for f, t in zip(found, truth))
@@ -216,8 +231,8 @@ def recall_at_k(found, truth):
 # Lloyd's algorithm: assign every point to its nearest centroid, move every centroid to the
 # mean of its points, repeat. The centroids start at k distinct random points. A centroid
 # left with no points keeps its place (FAISS instead splits a large cluster in two).
-# Signpost: FAISS's Clustering runs 25 iterations by default and subsamples large training
-# sets; 10 iterations on every point is enough at this size.
+# Signpost: FAISS's Clustering runs 25 iterations by default and subsamples the training set
+# to at most 256 points per centroid; 10 iterations on every point is enough at this size.
 
 def nearest_centroid(x, centroids):
     dists = list(map(distance, itertools.repeat(x, len(centroids)), centroids))
@@ -236,7 +251,9 @@ def kmeans(points, k, iterations):
             members[label].append(x)
         for c, cell in enumerate(members):
             if cell:     # mean of the cell's points, one coordinate (column) at a time
-                centroids[c] = [sum(column) / len(cell) for column in zip(*cell)]
+                # fsum rounds once, so the centroids are the same on every Python version
+                # (3.12 changed how sum() rounds, which would move them in the last digit)
+                centroids[c] = [math.fsum(column) / len(cell) for column in zip(*cell)]
     # The labels were computed before the final move of the centroids, so they are one step
     # stale: a point near a cell's border may now be nearer another centroid.
     return centroids, labels
@@ -264,6 +281,8 @@ def build_ivf(vectors):
 
 
 def ivf_search(query, vectors, centroids, lists, nprobe, k):
+    # Step 1, the coarse quantiser: NLIST distances to pick the nprobe nearest cells.
+    # Step 2: exact distances to every vector in those cells, and the k best of them.
     cell_dists = distances_to(query, centroids, range(len(centroids)))
     probed = sorted(range(len(centroids)), key=cell_dists.__getitem__)[:nprobe]
     ids = [i for cell in probed for i in lists[cell]]
@@ -314,6 +333,8 @@ def split(x):
 
 
 def train_pq(vectors):
+    # One k-means per sub-space: each codebook learns only its own two coordinates, which is
+    # why 2^b centroids per piece can stand for (2^b)^M = 16^8 (about 4e9) distinct vectors.
     pieces = [split(x) for x in vectors]
     codebooks = []
     for m in range(PQ_M):
@@ -327,7 +348,12 @@ def encode_pq(x, codebooks):
 
 
 def pack_codes(codes):
-    """PQ_M codes of PQ_BITS bits each into ceil(PQ_M * PQ_BITS / 8) bytes, low bits first."""
+    """PQ_M codes of PQ_BITS bits each into ceil(PQ_M * PQ_BITS / 8) bytes, low bits first.
+
+    Code m occupies bits m*b to m*b + b - 1 of one integer, written out as little-endian
+    bytes: with b = 4, two codes share each byte. FAISS packs bit by bit too: its code size
+    is (nbits * M + 7) / 8 bytes.
+    """
     bits = 0
     for m, code in enumerate(codes):
         bits |= code << (m * PQ_BITS)
@@ -395,9 +421,9 @@ def pq_search(query, vectors, codebooks, codes, shortlists, k):
 # Neighbour choice is the paper's heuristic (its Algorithm 4): take candidates nearest
 # first, and keep one only if it is nearer to x than to every neighbour already kept. This
 # spreads the links over directions instead of spending them all on one tight cluster.
-# Signpost: FAISS's IndexHNSWFlat stores 2M int32 links per node on layer 0 and M on each
-# upper layer, efConstruction = 40 and efSearch = 16 by default; hnswlib is the authors' own
-# implementation.
+# Signpost: FAISS's IndexHNSWFlat reserves 2M int32 link slots per node on layer 0 and M on
+# each upper layer (its guide puts memory at d * 4 + M * 2 * 4 bytes per vector), with
+# efConstruction = 40 and efSearch = 16 by default; hnswlib is the authors' own library.
 
 class HNSW:
     def __init__(self, vectors, m, ef_construction):
@@ -410,7 +436,8 @@ class HNSW:
     def search_layer(self, query, entry_points, ef, layer):
         """Beam search on one layer from entry_points [(dist, id)]: the ef nearest, sorted.
 
-        With ef = 1 this is the greedy walk: move to the nearest neighbour while it is nearer.
+        The paper's Algorithm 2. With ef = 1 it is the greedy walk: move to the nearest
+        neighbour while that is nearer than where we stand.
         """
         vectors, links = self.vectors, self.links
         visited = {i for _, i in entry_points}
@@ -425,15 +452,18 @@ class HNSW:
             if d > -kept[0][0]:
                 break     # the nearest unexpanded candidate is worse than all we keep: done
             fresh = [n for n in links[node][layer] if n not in visited]
+            if not fresh:
+                continue
             visited.update(fresh)
             COUNTER.count += len(fresh)
-            for n in fresh:
-                dn = distance(query, vectors[n])
-                if len(kept) < ef or dn < -kept[0][0]:
+            dists = map(distance, itertools.repeat(query), [vectors[n] for n in fresh])
+            for dn, n in zip(dists, fresh):
+                if len(kept) < ef:
                     heapq.heappush(candidates, (dn, n))
                     heapq.heappush(kept, (-dn, n))
-                    if len(kept) > ef:
-                        heapq.heappop(kept)
+                elif dn < -kept[0][0]:
+                    heapq.heappush(candidates, (dn, n))
+                    heapq.heapreplace(kept, (-dn, n))     # the new one in, the worst out
         return sorted((-nd, i) for nd, i in kept)
 
     def select_neighbours(self, candidates, limit):
@@ -455,6 +485,7 @@ class HNSW:
 
     def insert(self, i):
         x = self.vectors[i]
+        # l = floor(-ln(U) * mL), U uniform in (0, 1]: P(l >= j) = M^-j, an exponential decay
         level = int(-math.log(1.0 - random.random()) * self.level_mult)
         self.links.append([[] for _ in range(level + 1)])
         if self.entry is None:
@@ -462,19 +493,24 @@ class HNSW:
             return
         COUNTER.count += 1
         nearest = [(distance(x, self.vectors[self.entry]), self.entry)]
+        # Above the new node's own level only a good starting point is wanted: greedy (ef 1).
         for layer in range(self.top, level, -1):
             nearest = self.search_layer(x, nearest, 1, layer)
+        # From its level down, a wide beam finds candidates to link to; each layer's results
+        # seed the search of the layer below.
         for layer in range(min(level, self.top), -1, -1):
             found = self.search_layer(x, nearest, self.ef_construction, layer)
             neighbours = self.select_neighbours(found, self.m)
             self.links[i][layer] = neighbours
             cap = 2 * self.m if layer == 0 else self.m
             for n in neighbours:
+                # The link back: without it a node could be found only from nodes inserted
+                # after it, never from the older nodes a search walks through.
                 self.links[n][layer].append(i)
                 if len(self.links[n][layer]) > cap:
                     self.prune(n, layer, cap)
             nearest = found
-        if level > self.top:
+        if level > self.top:     # a new highest node becomes the entry point of every search
             self.entry, self.top = i, level
 
     def prune(self, n, layer, cap):
@@ -486,6 +522,7 @@ class HNSW:
         self.links[n][layer] = self.select_neighbours(ranked, cap)
 
     def search(self, query, k, ef):
+        """The k nearest: greedy down the upper layers, then a beam of width ef on layer 0."""
         COUNTER.count += 1
         nearest = [(distance(query, self.vectors[self.entry]), self.entry)]
         for layer in range(self.top, 0, -1):
@@ -570,6 +607,8 @@ def print_criteria(results):
 def main():
     random.seed(42)  # every random draw below (split, k-means starts, HNSW levels) follows
     start = time.time()
+    # Distinct names only (a repeated name would be its own exact neighbour), shuffled so the
+    # stored set and the queries are both random draws; queries are never stored, as in use.
     names = sorted(set(load_names()))
     random.shuffle(names)
     database_names = names[:NUM_DATABASE]
@@ -581,6 +620,8 @@ def main():
           f"{DIM} dims each")
 
     # --- 1. Brute force: the ground truth ---
+    # N distances per query, no index, no error. Every recall below is measured against
+    # these lists; a few are printed to show the vectors put similar spellings together.
     print(f"\n--- 1. Brute force: every distance ({time.time() - start:.1f}s) ---")
     before = COUNTER.count
     truth = [brute_force(q, vectors, TOP_K) for q in queries]
@@ -592,6 +633,8 @@ def main():
     chart = [("B", brute_cost, 1.0)]
 
     # --- 2. Inverted file ---
+    # Built once (k-means plus one assignment pass), then searched with rising nprobe. Watch
+    # recall climb toward 1 while the work climbs toward brute force's: nprobe is the dial.
     print(f"\n--- 2. Inverted file: {NLIST} k-means cells ({time.time() - start:.1f}s) ---")
     before = COUNTER.count
     centroids, lists = build_ivf(vectors)
@@ -599,8 +642,11 @@ def main():
     sizes = sorted(len(ids) for ids in lists)
     print(f"build: {build:,} distances; list sizes from {sizes[0]} to {sizes[-1]} "
           f"(mean {n / NLIST:.0f})")
+    # The invariant IVF's search relies on: a vector lives in its nearest centroid's list,
+    # the same rule the query uses to pick cells. Checked by a plain scan, apart from build.
     misassigned = ivf_misassigned(vectors, centroids, lists)
     nprobes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128) if p < NLIST] + [NLIST]
+    # At nprobe = NLIST the coarse step still costs NLIST distances: more than brute force.
     ivf_recall = {}
     for nprobe in nprobes:
         before = COUNTER.count
@@ -615,14 +661,19 @@ def main():
     print(f"stored vectors not in the list of their nearest centroid: {misassigned}")
 
     # --- 3. Product quantisation ---
+    # The other axis: not fewer distances but smaller vectors. The codes are packed into
+    # bytes, read back from them, and searched by table lookups; re-ranking then buys back
+    # accuracy with a few exact distances on a shortlist.
     print(f"\n--- 3. Product quantisation: {PQ_M} pieces x {2 ** PQ_BITS} centroids "
           f"({time.time() - start:.1f}s) ---")
     codebooks = train_pq(vectors)
-    packed = [pack_codes(encode_pq(x, codebooks)) for x in vectors]
+    encoded = [encode_pq(x, codebooks) for x in vectors]
+    packed = [pack_codes(code) for code in encoded]
     storage = b"".join(packed)       # the index holds these bytes and nothing else per vector
+    # Search reads the codes back out of the bytes, so the bytes are all PQ keeps per vector.
     width = len(packed[0])
     codes = [unpack_codes(storage[j:j + width]) for j in range(0, len(storage), width)]
-    mismatches = sum(c != tuple(encode_pq(x, codebooks)) for c, x in zip(codes, vectors))
+    mismatches = sum(c != tuple(e) for c, e in zip(codes, encoded))
     bytes_per_vector = len(storage) / n
     formula_bytes = math.ceil(PQ_M * PQ_BITS / 8)
     codebook_bytes = PQ_M * 2 ** PQ_BITS * (DIM // PQ_M) * 4
@@ -633,14 +684,17 @@ def main():
           f"{packed[0].hex(' ')}")
     # The table distances must equal the exact squared distance to the decoded vector,
     # computed plainly from the formula: that is the whole claim of ADC.
-    worst = 0.0
+    errors = []
     for q in queries[:PQ_CHECK_QUERIES]:
         tables = adc_tables(q, codebooks)
-        for code, approx in zip(codes, adc_distances(tables, codes)):
-            error = abs(approx - squared_l2_naive(q, decode_pq(code, codebooks)))
-            worst = error if not error <= worst else worst    # a NaN error is kept
+        errors += [abs(approx - squared_l2_naive(q, decode_pq(code, codebooks)))
+                   for code, approx in zip(codes, adc_distances(tables, codes))]
+    worst = nan_aware_max(errors)
     print(f"max |ADC - ||q - decoded||^2| over {PQ_CHECK_QUERIES} queries x {n} codes: "
           f"{worst:.1e}")
+    # ADC alone ranks by distance to the decoded vectors, which are off by the quantisation
+    # error, so near neighbours swap places; a shortlist of a few times k re-ranked exactly
+    # recovers most of them. Re-ranking 10 returns the same 10 as ADC alone (only reordered).
     settings = tuple(sorted({0, PQ_RERANK_CRITERION, *RERANK_SHORTLIST}))
     searched = [pq_search(q, vectors, codebooks, codes, settings, TOP_K) for q in queries]
     pq_recall = {}
@@ -656,22 +710,26 @@ def main():
               f"+ {n * PQ_M:,} table lookups per query")
 
     # --- 4. HNSW ---
+    # Built by inserting the vectors one at a time (no training); every distance the
+    # insertions compute is counted too, since the graph's build is its price.
     print(f"\n--- 4. HNSW: M = {HNSW_M}, efConstruction = {HNSW_EF_CONSTRUCTION} "
           f"({time.time() - start:.1f}s) ---")
     before = COUNTER.count
     graph = HNSW(vectors, HNSW_M, HNSW_EF_CONSTRUCTION)
     for i in range(n):
         graph.insert(i)
-        if (i + 1) % (n // 4) == 0:
+        if (i + 1) % max(1, n // 4) == 0:
             print(f"  inserted {i + 1:5d}/{n} | {COUNTER.count - before:,} distances | "
                   f"{time.time() - start:.1f}s")
     build = COUNTER.count - before
     per_layer = [sum(1 for links in graph.links if len(links) > layer)
                  for layer in range(graph.top + 1)]
     link_count = sum(len(l) for links in graph.links for l in links)
+    # Layer sizes should shrink by about M per layer; a sound graph reaches every node.
     reached = reachable_from_entry(graph)
     print(f"build: {build / n:,.0f} distances per insertion; nodes per layer (0 up): "
           f"{per_layer}; {link_count / n:.1f} links per node; layer 0 reaches {reached}/{n}")
+    # ef is the search's beam width: a wider beam explores more of layer 0 before it stops.
     hnsw_recall, hnsw_cost = {}, {}
     for ef in sorted(set(HNSW_EF_SWEEP) | {HNSW_EF_CRITERION}):
         before = COUNTER.count
@@ -685,14 +743,17 @@ def main():
               f"per query ({hnsw_cost[ef] / brute_cost:.1%} of brute force)")
 
     # --- 5. The comparison ---
+    # One row per setting: recall@10, full distances per query (one counter for all), PQ's
+    # table lookups (an add each, far cheaper than a 16-wide distance), and bytes per vector
+    # as FAISS would store them (float32, int64 ids in IVF lists, int32 graph links).
     print(f"\n--- 5. Recall against work and memory ({time.time() - start:.1f}s) ---")
-    print(f"  {'method':<6} {'setting':<12} {'recall@10':>9} {'distances':>10} "
+    print(f"  {'method':<11} {'setting':<12} {'recall@10':>9} {'distances':>10} "
           f"{'lookups':>8} {'bytes/vector':>13}")
     for method, setting, recall, cost, lookups, memory in rows:
-        print(f"  {method:<6} {setting:<12} {recall:>9.3f} {cost:>10,.0f} {lookups:>8,} "
+        print(f"  {method:<11} {setting:<12} {recall:>9.3f} {cost:>10,.0f} {lookups:>8,} "
               f"{memory:>13.1f}")
     print("\nRecall@10 against distance computations per query (B brute force, I IVF, "
-          "P PQ, H HNSW):")
+          "P PQ, H HNSW, * several):")
     print(recall_chart(chart, brute_cost))
     print("P points also scan every stored code (table lookups, not counted on this axis).")
 
