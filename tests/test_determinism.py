@@ -59,6 +59,9 @@ QUICK_SETTINGS = {
     "microsft": {"PRETRAIN_STEPS": 3, "SFT_STEPS": 3, "EVAL_NAMES": 3, "NUM_SHOWN": 1},
     "micropreference": {"NUM_STEPS": 3, "PREF_STEPS": 2, "PREF_BATCH": 2, "HELDOUT_PAIRS": 4,
                         "KL_SAMPLES": 4, "LOG_EVERY": 1},
+    "microvectorsearch": {"NUM_DATABASE": 200, "NUM_QUERIES": 5, "KMEANS_ITERS": 2, "NLIST": 8,
+                          "PQ_CHECK_QUERIES": 2, "RERANK_SHORTLIST": (20,),
+                          "HNSW_EF_SWEEP": (10,), "HNSW_EF_CRITERION": 10},
 }
 
 
