@@ -58,9 +58,8 @@ HNSW_EF_CRITERION = 40      # the ef at which the HNSW criterion is read
 
 # What is simulated, and what real systems do instead: every "cost" here is a count of
 # full-width distance computations, not a time. Real indexes are judged by queries per
-# second at a recall, and there memory traffic, SIMD and caches matter as much as the count
-# (FAISS's fast-scan PQ keeps 4-bit tables in SIMD registers; a graph walk is mostly cache
-# misses). Memory is the bytes FAISS would store, not what these Python lists occupy. And
+# second at a recall, and there memory traffic, SIMD and caches matter as much as the count.
+# Memory is the bytes FAISS would store, not what these Python lists occupy. And
 # 4,000 vectors of 16 dims is tiny: at a billion vectors of 768 dims brute force is out of
 # reach and the indexes combine (FAISS's IndexIVFPQ stores PQ codes of each vector's
 # residual from its cell's centroid in the inverted lists).
@@ -138,8 +137,8 @@ def load_names():
 # the number of n-grams they share. Normalised to length 1, two names are near when they
 # share many n-grams ("emma", "emmy"), with no training at all: the lesson here is the
 # search, and any fixed set of vectors will do.
-# Signpost: production vectors come from a trained encoder and have hundreds of dimensions
-# (384 to 1536 is common); the indexes below do not care where the vectors came from.
+# Signpost: production vectors come from a trained encoder and have hundreds of dimensions;
+# the indexes below do not care where the vectors came from.
 
 FNV_OFFSET = 0x811C9DC5
 FNV_PRIME = 0x01000193
