@@ -169,9 +169,9 @@ def embed(name):
 # === DISTANCES, COUNTED ===
 # Distance is Euclidean, ||a - b||. On unit vectors ||a - b||^2 = 2 - 2 cos(a, b), so ranking
 # by it is ranking by squared L2 and by cosine similarity alike (FAISS's IndexFlatL2 returns
-# the squared form; the order is the same). math.dist computes exactly
+# the squared form; the order is the same). math.dist computes
 #     sqrt(sum_i (a_i - b_i)^2)
-# in C, which is what squared_l2_naive() below spells out (a test checks they agree).
+# in C; squared_l2_naive() below spells the sum out (a test checks they agree to 1e-12).
 # One counter serves every method: each full DIM-wide distance evaluated adds one, whether
 # brute force, k-means, IVF, HNSW's graph walk or its construction asks for it.
 
