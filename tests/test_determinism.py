@@ -61,6 +61,9 @@ QUICK_SETTINGS = {
                         "KL_SAMPLES": 4, "LOG_EVERY": 1},
     "microcheckpoint": {"DEPTH": 16, "BATCH": 2, "NUM_STEPS": 2, "FD_PARAMS": 4, "LOG_EVERY": 1},
     "microparallel": {"NUM_STEPS": 2, "FD_SAMPLES": 3},
+    "microvectorsearch": {"NUM_DATABASE": 200, "NUM_QUERIES": 5, "KMEANS_ITERS": 2, "NLIST": 8,
+                          "PQ_CHECK_QUERIES": 2, "RERANK_SHORTLIST": (20,),
+                          "HNSW_EF_SWEEP": (10,), "HNSW_EF_CRITERION": 10},
 }
 
 
