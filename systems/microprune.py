@@ -1,0 +1,678 @@
+"""microprune: make a trained model smaller by pruning and by quantisation-aware training.
+
+A trained network has more weights than it needs. Two ways to shrink it are taught here on
+one small character-level model of names, with its held-out loss as the yardstick:
+
+    train a dense model -> prune: set weights to zero (which ones? how many? then retrain?)
+                        -> quantise: keep each weight in 2 or 3 bits (after training, or
+                           while training so the model learns to live with the rounding)
+
+Pruning. Magnitude pruning zeroes the weights with the smallest |w| (Han et al. 2015,
+"Learning both Weights and Connections for Efficient Neural Networks"); random pruning
+zeroes as many weights chosen at random, the control that shows magnitude carries
+information. A short fine-tune after pruning lets the surviving weights make up for the
+lost ones, as long as the pruned ones stay at zero: the mask is re-applied after every
+update. Structured pruning removes whole hidden units instead, which a dense kernel can
+actually skip, at the price of a coarser choice.
+
+Quantisation-aware training (QAT). Rounding every weight to 2 bits after training (PTQ,
+post-training quantisation, as in systems/microquant.py) damages the model badly. QAT
+rounds the weights in the forward pass while training ("fake quantisation") and lets the
+gradient pass through the rounding as if it were the identity (the straight-through
+estimator of Bengio et al. 2013, used for QAT by Jacob et al. 2018), so the float weights
+behind the rounding move to where their rounded versions work.
+
+Everything runs on plain floats: the model is a makemore-style MLP (Bengio et al. 2003's
+neural language model, as in Karpathy's makemore) whose gradients are derived by hand
+below and checked against finite differences in tests/test_microprune.py. Weights are
+zeroed and rounded in ordinary Python lists: nothing here gets faster or smaller in memory,
+the script only measures what a sparse or low-bit kernel would have to store.
+
+Run: python systems/microprune.py    (about 30 s on the 2-core CI machine)
+"""
+import hashlib
+import math
+import operator
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
+
+# === HYPERPARAMETERS ===
+# Sizes are chosen so that every pruning share below is a whole number of weights in each
+# layer and a whole number of hidden units (40 units: 25% = 10, 50% = 20, 75% = 30, 90% = 36).
+CONTEXT = 3        # characters the model sees before the one it predicts
+EMBED = 10         # width of each character's embedding; the hidden layer reads 3 * 10 = 30
+HIDDEN = 40        # tanh units in the one hidden layer
+BATCH_SIZE = 32    # examples (context, next character) per training step
+NUM_STEPS = 800    # training steps of the dense model
+LEARNING_RATE = 0.01      # Adam's step size while training the dense model
+BETA1, BETA2, ADAM_EPS = 0.9, 0.99, 1e-8
+FINETUNE_STEPS = 100      # steps of every fine-tune: after pruning, for QAT, for the control
+FINETUNE_LR = 0.003       # smaller than training's: the model only has to repair damage
+SPARSITIES = (0.0, 0.25, 0.5, 0.75, 0.9)   # share of the linear layers' weights set to 0
+RANDOM_MASKS = 3   # random pruning is averaged over this many masks per sparsity
+QAT_BITS = (3, 2)  # widths for PTQ and QAT; the criteria are read at the lower one
+EVAL_NAMES = 250   # held-out names every model is scored on (about 1,800 predicted tokens)
+LOG_EVERY = 300    # training steps between progress lines
+
+# === DATA ===
+# Every no-magic script shares one download cache, so names.txt is fetched once.
+# Set NO_MAGIC_DATA_DIR to use another folder (CI points it at a local copy).
+DATA_URL = "https://raw.githubusercontent.com/karpathy/makemore/master/names.txt"
+DATA_SHA256 = "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d"
+DATA_FILE = "names.txt"
+
+
+def data_dir():
+    """The shared cache folder: $NO_MAGIC_DATA_DIR, else $XDG_CACHE_HOME/no-magic."""
+    override = os.environ.get("NO_MAGIC_DATA_DIR")
+    if override:
+        return override
+    cache_root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache_root, "no-magic")
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 16), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ensure_dataset():
+    """Return the path of a checksum-verified copy of DATA_FILE, downloading it if needed."""
+    folder = data_dir()
+    path = os.path.join(folder, DATA_FILE)
+    cached_sha = sha256_of(path) if os.path.isfile(path) else None
+    if cached_sha == DATA_SHA256:
+        return path
+    # Download beside the target and rename only after the checksum matches, so an
+    # interrupted or corrupted download can never be mistaken for the real file.
+    partial = None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, partial = tempfile.mkstemp(dir=folder, prefix=DATA_FILE + ".", suffix=".partial")
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(DATA_URL, timeout=30) as response:
+            shutil.copyfileobj(response, out)
+        if sha256_of(partial) != DATA_SHA256:
+            raise OSError("the downloaded file failed its SHA-256 check")
+        os.replace(partial, path)
+    except OSError as error:  # URLError, timeouts and disk errors are all OSErrors
+        if partial and os.path.exists(partial):
+            os.remove(partial)
+        if cached_sha is not None:
+            # A file is there but it is not the expected one (another version, a truncated
+            # copy): say exactly that, and leave the file alone.
+            sys.exit(f"error: {path} does not match the expected SHA-256,\n"
+                     f"and no fresh copy could be downloaded ({error}).\n"
+                     f"  expected {DATA_SHA256}\n  found    {cached_sha}\n"
+                     f"The file was left as it is. Replace it with a copy of {DATA_URL}\n"
+                     f"(or set NO_MAGIC_DATA_DIR to a folder that holds the right {DATA_FILE}).")
+        sys.exit(f"error: could not get {DATA_FILE} ({error}).\n"
+                 f"Download {DATA_URL}\nand save it as {path}\n"
+                 f"(or set NO_MAGIC_DATA_DIR to a folder that holds {DATA_FILE}).")
+    return path
+
+
+def load_names():
+    with open(ensure_dataset(), encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+# === TOKENIZER AND EXAMPLES ===
+# Character level: 26 letters plus one boundary token "." (id 0) that pads the start of a
+# name and marks its end. Each name becomes one example per predicted character: "emma"
+# gives (...) -> e, (..e) -> m, (.em) -> m, (emm) -> a, (mma) -> ".". The model sees a
+# fixed window of CONTEXT characters, the makemore MLP's design (no attention, no state).
+
+
+def build_vocab(names):
+    chars = ["."] + sorted(set("".join(names)))   # sorted: the same ids on every machine
+    return {c: i for i, c in enumerate(chars)}, len(chars)
+
+
+def make_examples(names, stoi):
+    examples = []
+    for name in names:
+        context = [0] * CONTEXT
+        for ch in name + ".":
+            target = stoi[ch]
+            examples.append((tuple(context), target))
+            context = context[1:] + [target]
+    return examples
+
+
+# === MODEL: A MAKEMORE MLP ON PLAIN FLOATS ===
+# Parameters (every one a list of rows, so one Adam loop and one mask format serve all):
+#   C  [27][EMBED]            the embedding table: row c is character c's vector
+#   W1 [HIDDEN][3 * EMBED]    row j holds hidden unit j's incoming weights
+#   b1 [1][HIDDEN]
+#   W2 [27][HIDDEN]           row k holds output k's weights, one per hidden unit
+#   b2 [1][27]
+# Forward for one example with context (c1, c2, c3) and target y:
+#   x = C[c1] ++ C[c2] ++ C[c3]          (concatenation, 30 numbers)
+#   h_j = tanh(b1_j + W1[j] . x)
+#   z_k = b2_k + W2[k] . h               (logits)
+#   L = -log softmax(z)[y]
+# The linear layers W1 and W2 (2,280 weights) are what gets pruned and quantised. The
+# embedding table is a lookup with no multiply-adds to save, and biases are few; both stay
+# float, as in systems/microquant.py.
+LINEAR = ("W1", "W2")
+
+
+def dot(a, b):
+    # C-speed inner product: map() multiplies pairwise without a Python-level loop
+    return sum(map(operator.mul, a, b))
+
+
+def gaussian_matrix(rows, cols, std):
+    return [[random.gauss(0.0, std) for _ in range(cols)] for _ in range(rows)]
+
+
+def init_model(vocab_size):
+    fan_in = CONTEXT * EMBED
+    return {
+        "C": gaussian_matrix(vocab_size, EMBED, 1.0),
+        # tanh's gain 5/3 over sqrt(fan_in) (Kaiming init for tanh) keeps the units out of
+        # saturation at the start, so they all learn
+        "W1": gaussian_matrix(HIDDEN, fan_in, (5 / 3) / math.sqrt(fan_in)),
+        "b1": [[0.0] * HIDDEN],
+        # small output weights make the first logits nearly equal: loss starts near ln 27
+        "W2": gaussian_matrix(vocab_size, HIDDEN, 0.05),
+        "b2": [[0.0] * vocab_size],
+    }
+
+
+def copy_model(model):
+    return {name: [row[:] for row in rows] for name, rows in model.items()}
+
+
+def forward(model, contexts):
+    """Inputs, hidden activations and softmax probabilities for a batch of contexts."""
+    table, b1, b2 = model["C"], model["b1"][0], model["b2"][0]
+    xs = [[v for c in ctx for v in table[c]] for ctx in contexts]
+    hs = [[math.tanh(b + dot(w, x)) for w, b in zip(model["W1"], b1)] for x in xs]
+    probs = []
+    for h in hs:
+        logits = [b + dot(w, h) for w, b in zip(model["W2"], b2)]
+        top = max(logits)   # subtracting the max keeps exp() from overflowing
+        exps = [math.exp(z - top) for z in logits]
+        total = sum(exps)
+        probs.append([e / total for e in exps])
+    return xs, hs, probs
+
+
+def mean_loss(model, examples):
+    """Mean cross-entropy per predicted character: the held-out loss everything reports."""
+    _, _, probs = forward(model, [ctx for ctx, _ in examples])
+    return -sum(math.log(p[y]) for p, (_, y) in zip(probs, examples)) / len(examples)
+
+
+# === HAND-DERIVED GRADIENTS ===
+# A scalar Value graph would build about 100,000 nodes per batch here; the chain rule done
+# by hand on whole matrices is about 50x faster and fits the budget. For a batch of B
+# examples, with p = softmax(z) and L the mean loss:
+#   dL/dz_k      = (p_k - [k == y]) / B                     (dz, one row per example)
+#   dL/dW2[k][j] = sum over the batch of dz_k * h_j         dL/db2_k = sum of dz_k
+#   dL/dh_j      = sum_k dz_k * W2[k][j]
+#   dL/da_j      = dL/dh_j * (1 - h_j^2)                    (a = pre-activation; tanh' = 1 - tanh^2)
+#   dL/dW1[j][i] = sum over the batch of da_j * x_i          dL/db1_j = sum of da_j
+#   dL/dx_i      = sum_j da_j * W1[j][i]
+#   dL/dC[c][d] += dL/dx at the slot where character c sat   (a character used twice collects twice)
+# Every sum over the batch is a dot product of two columns, so the matrices are transposed
+# with zip(*rows) and each gradient entry is one dot() call.
+
+
+def loss_and_grads(model, batch):
+    contexts = [ctx for ctx, _ in batch]
+    xs, hs, probs = forward(model, contexts)
+    n = len(batch)
+    loss = -sum(math.log(p[y]) for p, (_, y) in zip(probs, batch)) / n
+    dz = []
+    for p, (_, y) in zip(probs, batch):
+        row = [pk / n for pk in p]
+        row[y] -= 1.0 / n
+        dz.append(row)
+    dz_cols, h_cols, x_cols = list(zip(*dz)), list(zip(*hs)), list(zip(*xs))
+    grads = {"W2": [[dot(dzk, hj) for hj in h_cols] for dzk in dz_cols],
+             "b2": [[sum(dzk) for dzk in dz_cols]]}
+    w2_cols = list(zip(*model["W2"]))
+    da = [[dot(d, w2j) * (1.0 - hj * hj) for w2j, hj in zip(w2_cols, h)]
+          for d, h in zip(dz, hs)]
+    da_cols = list(zip(*da))
+    grads["W1"] = [[dot(daj, xi) for xi in x_cols] for daj in da_cols]
+    grads["b1"] = [[sum(daj) for daj in da_cols]]
+    w1_cols = list(zip(*model["W1"]))
+    grad_table = [[0.0] * EMBED for _ in model["C"]]
+    for ctx, a in zip(contexts, da):
+        dx = [dot(a, w1i) for w1i in w1_cols]
+        for slot, c in enumerate(ctx):
+            row = grad_table[c]
+            for d in range(EMBED):
+                row[d] += dx[slot * EMBED + d]
+    grads["C"] = grad_table
+    return loss, grads
+
+
+# === TRAINING: ADAM, WITH HOOKS FOR MASKS AND FAKE QUANTISATION ===
+# One loop serves the dense training, every fine-tune after pruning and QAT:
+#   masks:     after each update, w = w * mask, so a pruned weight is exactly 0 again
+#   quantise:  the forward and backward passes see the fake-quantised weights w_hat, and
+#              the gradient they produce for w_hat is handed to the float weights w behind
+#              them (the straight-through estimator, in the QAT section)
+# Adam: m = b1*m + (1-b1)*g ; v = b2*v + (1-b2)*g^2 ; w -= lr * m_hat / (sqrt(v_hat) + eps)
+
+
+class Adam:
+    def __init__(self, model, lr):
+        self.lr, self.t = lr, 0
+        self.m = {k: [[0.0] * len(r) for r in rows] for k, rows in model.items()}
+        self.v = {k: [[0.0] * len(r) for r in rows] for k, rows in model.items()}
+
+    def step(self, model, grads, lr):
+        self.t += 1
+        # bias corrections: m and v start at 0, so early averages are scaled back up
+        cm, cv = 1.0 - BETA1 ** self.t, 1.0 - BETA2 ** self.t
+        for name, rows in model.items():
+            for i, (w, g, m, v) in enumerate(zip(rows, grads[name], self.m[name],
+                                                 self.v[name])):
+                m = [BETA1 * mi + (1.0 - BETA1) * gi for mi, gi in zip(m, g)]
+                v = [BETA2 * vi + (1.0 - BETA2) * gi * gi for vi, gi in zip(v, g)]
+                self.m[name][i], self.v[name][i] = m, v
+                rows[i] = [wi - lr * (mi / cm) / (math.sqrt(vi / cv) + ADAM_EPS)
+                           for wi, mi, vi in zip(w, m, v)]
+
+
+def apply_masks(model, masks):
+    for name, mask in masks.items():
+        model[name] = [[w * keep for w, keep in zip(row, mrow)]
+                       for row, mrow in zip(model[name], mask)]
+
+
+def train(model, batches, lr, masks=None, bits=None, label="", start=None, decay=True):
+    """Adam over the given batches; returns the model (changed in place) and the losses."""
+    optimizer, losses = Adam(model, lr), []
+    for step, batch in enumerate(batches):
+        if bits is None:
+            loss, grads = loss_and_grads(model, batch)
+        else:
+            loss, grads = qat_loss_and_grads(model, batch, bits)
+        # a linear decay to 0 settles the weights at the end instead of leaving them jumping
+        step_lr = lr * (1.0 - step / len(batches)) if decay else lr
+        optimizer.step(model, grads, step_lr)
+        if masks:
+            apply_masks(model, masks)   # re-apply: pruned weights go back to exactly 0
+        losses.append(loss)
+        if start is not None and ((step + 1) % LOG_EVERY == 0 or step == 0):
+            recent = losses[-100:]
+            print(f"  {label}step {step + 1:4d}/{len(batches)} | training loss "
+                  f"{sum(recent) / len(recent):.4f} | {time.time() - start:.1f}s")
+    return model, losses
+
+
+def sample_batches(examples, count):
+    return [[random.choice(examples) for _ in range(BATCH_SIZE)] for _ in range(count)]
+
+
+# === PRUNING: WHICH WEIGHTS TO ZERO ===
+# A mask has the shape of its layer: 1.0 keeps a weight, 0.0 prunes it. Unstructured
+# pruning chooses single weights; it is done per layer (layer-wise), so each of W1 and W2
+# loses the same share. Why per layer and not one global threshold: W1 and W2 have
+# different scales (W1's weights are about 3x larger here), so a global threshold would
+# strip the small-scaled layer first and could cut W2 off almost entirely at high
+# sparsity; per layer, random and magnitude pruning also remove the same counts from the
+# same layers, which makes them a clean comparison. (The global variant is reported.)
+# Signpost: torch.nn.utils.prune.l1_unstructured zeroes the given share of one tensor by
+# smallest |w| and keeps weight_orig and weight_mask, recomputing weight = weight_orig *
+# weight_mask in a forward pre-hook; prune.global_unstructured pools several tensors;
+# prune.random_unstructured is the random control; prune.ln_structured removes whole
+# channels by their Ln norm.
+
+
+def prune_count(rows, sparsity):
+    return round(sparsity * sum(len(r) for r in rows))
+
+
+def mask_from_pruned(rows, pruned):
+    """A mask with 0.0 at the flat indices in `pruned` (row-major order), 1.0 elsewhere."""
+    flat = [1.0] * sum(len(r) for r in rows)
+    for i in pruned:
+        flat[i] = 0.0
+    width = len(rows[0])
+    return [flat[r * width:(r + 1) * width] for r in range(len(rows))]
+
+
+def magnitude_mask(rows, sparsity):
+    # Han et al. 2015: a weight's magnitude is a cheap stand-in for its importance, since the
+    # loss changes by about w * dL/dw when it is removed and small weights contribute little
+    flat = [abs(w) for row in rows for w in row]
+    order = sorted(range(len(flat)), key=flat.__getitem__)
+    return mask_from_pruned(rows, order[:prune_count(rows, sparsity)])
+
+
+def random_mask(rows, sparsity, rng):
+    size = sum(len(r) for r in rows)
+    return mask_from_pruned(rows, rng.sample(range(size), prune_count(rows, sparsity)))
+
+
+def global_magnitude_masks(model, sparsity):
+    # one threshold over both layers: the smallest |w| of W1 and W2 pooled together
+    pool = [(abs(w), name, r, c) for name in LINEAR
+            for r, row in enumerate(model[name]) for c, w in enumerate(row)]
+    pool.sort()
+    masks = {name: [[1.0] * len(row) for row in model[name]] for name in LINEAR}
+    for _, name, r, c in pool[:round(sparsity * len(pool))]:
+        masks[name][r][c] = 0.0
+    return masks
+
+
+def structured_masks(model, sparsity):
+    """Masks that remove whole hidden units: unit j's row of W1 and column of W2 together.
+
+    Each unit owns 3 * EMBED incoming and 27 outgoing weights, the same count for every unit,
+    so removing a share s of the units removes exactly a share s of W1 and W2's weights.
+    Units are ranked by the L2 norm of all their weights, incoming and outgoing: a unit with
+    small weights in both directions changes the output least when it goes.
+    """
+    w1, w2 = model["W1"], model["W2"]
+    norms = [math.sqrt(sum(w * w for w in w1[j]) + sum(row[j] ** 2 for row in w2))
+             for j in range(HIDDEN)]
+    removed = set(sorted(range(HIDDEN), key=norms.__getitem__)[:round(sparsity * HIDDEN)])
+    return {"W1": [[0.0 if j in removed else 1.0] * len(w1[j]) for j in range(HIDDEN)],
+            "W2": [[0.0 if j in removed else 1.0 for j in range(HIDDEN)] for _ in w2]}, removed
+
+
+def pruned_copy(model, masks):
+    pruned = copy_model(model)
+    apply_masks(pruned, masks)
+    return pruned
+
+
+def measured_sparsity(model):
+    """Share of W1 and W2's weights that are exactly zero, counted on the weights themselves."""
+    weights = [w for name in LINEAR for row in model[name] for w in row]
+    return sum(w == 0.0 for w in weights) / len(weights)
+
+
+# === QUANTISATION: FAKE-QUANTISED WEIGHTS AND THE STRAIGHT-THROUGH ESTIMATOR ===
+# Symmetric round-to-nearest with one scale per row (per output channel), as in
+# systems/microquant.py: with b bits the codes are integers q in [-(2^(b-1)), 2^(b-1) - 1],
+#   s = max|w_row| / (2^(b-1) - 1),   q = round(w / s),   w_hat = s * q
+# At 3 bits a row keeps the 7 levels -3s..3s; at 2 bits only -s, 0 and s: every weight
+# smaller than half the row's largest becomes 0, the rest become +-max. (Python's round()
+# sends exact halves to the even integer; weights never land exactly on a half here.)
+# PTQ rounds the trained weights once. QAT keeps float "shadow" weights w and trains with
+# w_hat = fake_quantise(w) in the forward pass. round() has derivative 0 almost everywhere,
+# so the true gradient dL/dw would be 0 and nothing would learn; the straight-through
+# estimator (STE) uses dL/dw := dL/dw_hat, as if w_hat = w. The scale s is treated as a
+# constant (no gradient through max|w|); learned-scale methods such as LSQ (Esser et al.
+# 2020) train it too.
+# Signpost: torchao's QAT inserts fake quantisers into linear layers ("prepare"), trains,
+# then swaps in real low-bit weights ("convert"); torch.ao.quantization's FakeQuantize
+# modules do the same for the older eager and FX flows. Both store the codes as integers
+# and run integer or dequantising kernels; here w_hat is just a float list.
+
+
+def quantise_row(row, bits):
+    qmax = 2 ** (bits - 1) - 1
+    scale = max(abs(w) for w in row) / qmax
+    if scale == 0.0:
+        return row[:]
+    return [scale * max(-qmax - 1, min(qmax, round(w / scale))) for w in row]
+
+
+def quantised_copy(model, bits):
+    quantised = copy_model(model)
+    for name in LINEAR:
+        quantised[name] = [quantise_row(row, bits) for row in model[name]]
+    return quantised
+
+
+def straight_through(grad_rows):
+    # d w_hat / d w taken as 1: the gradient for the rounded weights goes to the float ones
+    return [row[:] for row in grad_rows]
+
+
+def qat_loss_and_grads(model, batch, bits):
+    loss, grads = loss_and_grads(quantised_copy(model, bits), batch)
+    for name in LINEAR:
+        grads[name] = straight_through(grads[name])
+    return loss, grads
+
+
+# === PICTURES ===
+
+
+def ascii_chart(curves, sparsities, height=16, col=11):
+    """Held-out loss (rows, top = worst) against sparsity (columns), one letter per curve."""
+    values = [v for _, _, ys in curves for v in ys if math.isfinite(v)]
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    grid = [[" "] * (col * len(sparsities)) for _ in range(height)]
+    for letter, _, ys in curves:
+        for i, y in enumerate(ys):
+            if not math.isfinite(y):
+                continue
+            r = height - 1 - round((y - low) / span * (height - 1))
+            c = i * col + col // 2
+            grid[r][c] = letter if grid[r][c] in (" ", letter) else "*"
+    lines = []
+    for r, cells in enumerate(grid):
+        level = high - r * span / (height - 1)
+        lines.append(f"  {level:6.3f} |" + "".join(cells).rstrip())
+    lines.append("         +" + "-" * (col * len(sparsities)))
+    lines.append("          " + "".join(f"{s:^{col}.0%}" for s in sparsities))
+    lines.append("          sparsity (share of W1 and W2's weights set to 0)")
+    lines.append("          " + "   ".join(f"{letter} = {name}" for letter, name, _ in curves)
+                 + "   * = several")
+    return "\n".join(lines)
+
+
+def bigram_loss(train_examples, eval_examples, vocab_size):
+    """Held-out loss of a count table of (previous character -> next), add-one smoothed."""
+    counts = [[1] * vocab_size for _ in range(vocab_size)]
+    for ctx, y in train_examples:
+        counts[ctx[-1]][y] += 1
+    totals = [sum(row) for row in counts]
+    return -sum(math.log(counts[ctx[-1]][y] / totals[ctx[-1]])
+                for ctx, y in eval_examples) / len(eval_examples)
+
+
+# === EXPERIMENT 1: UNSTRUCTURED PRUNING, MAGNITUDE AGAINST RANDOM ===
+
+
+def magnitude_vs_random(model, heldout, rng):
+    magnitude, random_avg, global_mag, masks_by_sparsity = [], [], [], {}
+    for s in SPARSITIES:
+        masks = {name: magnitude_mask(model[name], s) for name in LINEAR}
+        masks_by_sparsity[s] = masks
+        if s == 0.0:   # nothing pruned: every method is the dense model itself
+            dense = mean_loss(model, heldout)
+            magnitude.append(dense), random_avg.append(dense), global_mag.append(dense)
+            continue
+        magnitude.append(mean_loss(pruned_copy(model, masks), heldout))
+        global_mag.append(mean_loss(pruned_copy(model, global_magnitude_masks(model, s)),
+                                    heldout))
+        trials = [mean_loss(pruned_copy(model, {name: random_mask(model[name], s, rng)
+                                                for name in LINEAR}), heldout)
+                  for _ in range(RANDOM_MASKS)]
+        random_avg.append(sum(trials) / len(trials))
+        print(f"  {s:4.0%} sparsity | magnitude {magnitude[-1]:.4f} | global magnitude "
+              f"{global_mag[-1]:.4f} | random (mean of {RANDOM_MASKS}) {random_avg[-1]:.4f}")
+    return magnitude, random_avg, global_mag, masks_by_sparsity
+
+
+# === EXPERIMENT 2: FINE-TUNING AFTER PRUNING ===
+# Every fine-tune runs the same FINETUNE_STEPS batches (the same examples in the same
+# order), so the only difference between two fine-tuned models is what was pruned. The
+# yardstick is the dense model fine-tuned on those same batches: the pruned model gets no
+# extra training the dense one did not get.
+
+
+def finetune_pruned(model, masks, batches):
+    tuned = pruned_copy(model, masks)
+    train(tuned, batches, FINETUNE_LR, masks=masks)
+    return tuned
+
+
+# === EXPERIMENT 3: STRUCTURED PRUNING OF WHOLE HIDDEN UNITS ===
+# === EXPERIMENT 4: QUANTISATION-AWARE TRAINING AGAINST POST-TRAINING ROUNDING ===
+# (both are run from main() below, where the sections above are put together)
+
+# === SUCCESS CRITERIA ===
+# (what was measured, key in main()'s result, comparison, threshold or another key)
+CRITERIA = [
+    ("held-out loss, dense MLP vs a bigram count table", "dense_loss", "<", "bigram_loss"),
+    ("50% sparsity: random minus magnitude held-out loss", "magnitude_margin_50", ">", 0.1),
+    ("50% magnitude + fine-tune minus dense + same fine-tune", "finetuned_gap_50", "<", 0.05),
+    ("share of zero weights after the 50% fine-tune", "finetuned_sparsity_50", ">=", 0.5),
+    ("2 bits: better PTQ minus QAT held-out loss", "qat_margin", ">", 0.1),
+]
+COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+           "==": operator.eq}
+
+
+def print_criteria(results):
+    print(f"\n{'criterion':<56} {'measured':>12} {'threshold':>14}  result")
+    for description, key, op, target in CRITERIA:
+        value = results[key]
+        threshold = results[target] if isinstance(target, str) else target
+        # A non-finite value fails every row: NaN compares False with anything, but
+        # inf would pass a ">" row, so finiteness is checked explicitly.
+        finite = math.isfinite(value) and math.isfinite(threshold)
+        verdict = "PASS" if finite and COMPARE[op](value, threshold) else "FAIL"
+        print(f"{description:<56} {value:>12.6g} {op:>2} {threshold:<11.6g}  {verdict}")
+
+
+# === MAIN ===
+
+
+def main():
+    random.seed(42)  # every random draw below (init, data order, masks) follows from this
+    start = time.time()
+    names = load_names()
+    random.shuffle(names)
+    # The last EVAL_NAMES shuffled names are held out; a held-out name that also occurs
+    # among the training names (names.txt repeats a few) is dropped.
+    train_names = names[:-EVAL_NAMES]
+    seen = set(train_names)
+    heldout_names = [n for n in names[-EVAL_NAMES:] if n not in seen]
+    stoi, vocab_size = build_vocab(names)
+    train_examples = make_examples(train_names, stoi)
+    heldout = make_examples(heldout_names, stoi)
+
+    print("=== TRAINING THE DENSE MODEL ===")
+    model = init_model(vocab_size)
+    n_linear = sum(len(r) for name in LINEAR for r in model[name])
+    print(f"{len(train_examples)} training examples, {len(heldout)} held-out "
+          f"({len(heldout_names)} names); {n_linear} weights in W1 and W2 (the prunable "
+          f"ones), {sum(len(r) for rows in model.values() for r in rows)} parameters in all")
+    train(model, sample_batches(train_examples, NUM_STEPS), LEARNING_RATE, label="dense ",
+          start=start)
+    dense_loss = mean_loss(model, heldout)
+    bigram = bigram_loss(train_examples, heldout, vocab_size)
+    print(f"held-out loss: dense MLP {dense_loss:.4f}, bigram table {bigram:.4f}, "
+          f"uniform ln 27 = {math.log(27):.4f}")
+
+    # One list of fine-tuning batches, shared by every fine-tune below.
+    finetune_batches = sample_batches(train_examples, FINETUNE_STEPS)
+    dense_tuned = train(copy_model(model), finetune_batches, FINETUNE_LR)[0]
+    dense_tuned_loss = mean_loss(dense_tuned, heldout)
+    print(f"dense model fine-tuned {FINETUNE_STEPS} more steps (the yardstick for every "
+          f"fine-tune): {dense_tuned_loss:.4f} | {time.time() - start:.1f}s")
+
+    print("\n=== UNSTRUCTURED PRUNING: MAGNITUDE VS RANDOM (no fine-tune) ===")
+    rng = random.Random(random.random())
+    magnitude, random_avg, global_mag, masks_by_sparsity = magnitude_vs_random(
+        model, heldout, rng)
+    print(f"  ({time.time() - start:.1f}s)")
+
+    print(f"\n=== FINE-TUNING AFTER PRUNING ({FINETUNE_STEPS} steps, mask re-applied after "
+          f"every update) ===")
+    magnitude_tuned, sparsity_tuned = [dense_tuned_loss], [0.0]
+    for s in SPARSITIES[1:]:
+        tuned = finetune_pruned(model, masks_by_sparsity[s], finetune_batches)
+        magnitude_tuned.append(mean_loss(tuned, heldout))
+        sparsity_tuned.append(measured_sparsity(tuned))
+        print(f"  {s:4.0%} magnitude + fine-tune {magnitude_tuned[-1]:.4f} (before "
+              f"{magnitude[SPARSITIES.index(s)]:.4f}); zero weights after: "
+              f"{sparsity_tuned[-1]:.1%} | {time.time() - start:.1f}s")
+    random_masks_50 = {name: random_mask(model[name], 0.5, rng) for name in LINEAR}
+    random_tuned_50 = mean_loss(finetune_pruned(model, random_masks_50, finetune_batches),
+                                heldout)
+    print(f"  50% random + fine-tune {random_tuned_50:.4f} (one mask)")
+
+    print("\n=== STRUCTURED PRUNING: WHOLE HIDDEN UNITS, SMALLEST NORM FIRST ===")
+    structured, structured_tuned = [], [dense_tuned_loss]
+    for s in SPARSITIES:
+        masks, removed = structured_masks(model, s)
+        structured.append(mean_loss(pruned_copy(model, masks), heldout) if s > 0 else dense_loss)
+        line = (f"  {s:4.0%} of weights = {len(removed):2d} of {HIDDEN} units removed | "
+                f"held-out {structured[-1]:.4f}")
+        if s > 0:
+            structured_tuned.append(mean_loss(finetune_pruned(model, masks, finetune_batches),
+                                              heldout))
+            line += f" | after fine-tune {structured_tuned[-1]:.4f}"
+        print(line + f" | {time.time() - start:.1f}s")
+
+    print("\nHeld-out loss against sparsity:")
+    print(f"  {'sparsity':>8} {'magnitude':>10} {'+ tune':>8} {'random':>8} "
+          f"{'global':>8} {'units':>8} {'+ tune':>8}")
+    for i, s in enumerate(SPARSITIES):
+        print(f"  {s:8.0%} {magnitude[i]:10.4f} {magnitude_tuned[i]:8.4f} "
+              f"{random_avg[i]:8.4f} {global_mag[i]:8.4f} {structured[i]:8.4f} "
+              f"{structured_tuned[i]:8.4f}")
+    print()
+    print(ascii_chart([("M", "magnitude", magnitude), ("F", "magnitude + fine-tune",
+                                                       magnitude_tuned),
+                       ("R", "random", random_avg), ("U", "units", structured),
+                       ("T", "units + fine-tune", structured_tuned)], SPARSITIES))
+
+    print(f"\n=== QUANTISATION: POST-TRAINING ROUNDING VS QUANTISATION-AWARE TRAINING ===")
+    quant = {}
+    for bits in QAT_BITS:
+        ptq = mean_loss(quantised_copy(model, bits), heldout)
+        ptq_tuned = mean_loss(quantised_copy(dense_tuned, bits), heldout)
+        qat_model = train(copy_model(model), finetune_batches, FINETUNE_LR, bits=bits)[0]
+        qat = mean_loss(quantised_copy(qat_model, bits), heldout)
+        quant[bits] = (ptq, ptq_tuned, qat)
+        print(f"  {bits} bits | PTQ of the dense model {ptq:.4f} | PTQ after a float "
+              f"fine-tune {ptq_tuned:.4f} | QAT ({FINETUNE_STEPS} steps) {qat:.4f} | "
+              f"{time.time() - start:.1f}s")
+    low = min(QAT_BITS)
+    ptq_low, ptq_tuned_low, qat_low = quant[low]
+    # QAT is compared with the better of the two PTQ models, so its margin cannot come from
+    # the extra steps alone (min() would hide a NaN, so a NaN is passed on explicitly)
+    best_ptq = math.nan if math.isnan(ptq_low + ptq_tuned_low) else min(ptq_low, ptq_tuned_low)
+
+    i50 = SPARSITIES.index(0.5)
+    results = {
+        "dense_loss": dense_loss,
+        "bigram_loss": bigram,
+        "dense_finetuned_loss": dense_tuned_loss,
+        "magnitude_loss_50": magnitude[i50],
+        "random_loss_50": random_avg[i50],
+        "magnitude_margin_50": random_avg[i50] - magnitude[i50],
+        "finetuned_loss_50": magnitude_tuned[i50],
+        "finetuned_gap_50": magnitude_tuned[i50] - dense_tuned_loss,
+        "finetuned_sparsity_50": sparsity_tuned[i50],
+        "random_finetuned_loss_50": random_tuned_50,
+        "structured_loss_50": structured[i50],
+        "structured_finetuned_loss_50": structured_tuned[i50],
+        "ptq_loss": ptq_low,
+        "ptq_finetuned_loss": ptq_tuned_low,
+        "qat_loss": qat_low,
+        "qat_margin": best_ptq - qat_low,
+    }
+    print_criteria(results)
+    print("\nNext: predict what a change will do, then run it: docs/challenges/microprune.md")
+    return results
+
+
+if __name__ == "__main__":
+    main()
