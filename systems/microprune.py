@@ -214,9 +214,10 @@ def mean_loss(model, examples):
 
 
 # === HAND-DERIVED GRADIENTS ===
-# A scalar Value graph would build about 100,000 nodes per batch here; the chain rule done
-# by hand on whole matrices is about 50x faster and fits the budget. For a batch of B
-# examples, with p = softmax(z) and L the mean loss:
+# A scalar Value graph with a node per multiply and per add would build about 150,000 nodes
+# for one batch of 32 here. Done by hand on whole matrices, the chain rule builds none, and
+# every sum runs at C speed inside dot(). For a batch of B examples, with p = softmax(z)
+# and L the mean loss:
 #   dL/dz_k      = (p_k - [k == y]) / B                     (dz, one row per example)
 #   dL/dW2[k][j] = sum over the batch of dz_k * h_j         dL/db2_k = sum of dz_k
 #   dL/dh_j      = sum_k dz_k * W2[k][j]
@@ -323,10 +324,10 @@ def sample_batches(examples, count):
 # A mask has the shape of its layer: 1.0 keeps a weight, 0.0 prunes it. Unstructured
 # pruning chooses single weights; it is done per layer (layer-wise), so each of W1 and W2
 # loses the same share. Why per layer and not one global threshold: W1 and W2 have
-# different scales (W1's weights are about 3x larger here), so a global threshold would
-# strip the small-scaled layer first and could cut W2 off almost entirely at high
-# sparsity; per layer, random and magnitude pruning also remove the same counts from the
-# same layers, which makes them a clean comparison. (The global variant is reported.)
+# different scales (W2's weights are the smaller), so one threshold strips W2 first: at 50%
+# overall it takes 36% of W1 and 66% of W2, at 90% it takes 99% of W2, and the run prints
+# that the global variant does worse at every sparsity. Per layer, random and magnitude
+# pruning also remove the same counts from the same layers: a clean comparison.
 # Signpost: torch.nn.utils.prune.l1_unstructured zeroes the given share of one tensor by
 # smallest |w| and keeps weight_orig and weight_mask, recomputing weight = weight_orig *
 # weight_mask in a forward pre-hook; prune.global_unstructured pools several tensors;
@@ -385,6 +386,11 @@ def structured_masks(model, sparsity):
     removed = set(sorted(range(HIDDEN), key=norms.__getitem__)[:round(sparsity * HIDDEN)])
     return {"W1": [[0.0 if j in removed else 1.0] * len(w1[j]) for j in range(HIDDEN)],
             "W2": [[0.0 if j in removed else 1.0 for j in range(HIDDEN)] for _ in w2]}, removed
+
+
+def measured_share_kept(mask):
+    entries = [keep for row in mask for keep in row]
+    return sum(entries) / len(entries)
 
 
 def pruned_copy(model, masks):
@@ -468,8 +474,9 @@ def ascii_chart(curves, sparsities, height=16, col=11):
     lines.append("         +" + "-" * (col * len(sparsities)))
     lines.append("          " + "".join(f"{s:^{col}.0%}" for s in sparsities))
     lines.append("          sparsity (share of W1 and W2's weights set to 0)")
-    lines.append("          " + "   ".join(f"{letter} = {name}" for letter, name, _ in curves)
-                 + "   * = several")
+    legend = [f"{letter} = {name}" for letter, name, _ in curves] + ["* = several"]
+    for first in range(0, len(legend), 3):
+        lines.append("          " + "   ".join(legend[first:first + 3]))
     return "\n".join(lines)
 
 
@@ -484,6 +491,10 @@ def bigram_loss(train_examples, eval_examples, vocab_size):
 
 
 # === EXPERIMENT 1: UNSTRUCTURED PRUNING, MAGNITUDE AGAINST RANDOM ===
+# Prune without retraining and look at the damage. If magnitude carried no information,
+# magnitude pruning would do as badly as random pruning of the same share; it does far
+# better, because most of the function lives in a minority of large weights. Random
+# pruning is averaged over RANDOM_MASKS masks, since one mask can be lucky or unlucky.
 
 
 def magnitude_vs_random(model, heldout, rng):
@@ -496,22 +507,31 @@ def magnitude_vs_random(model, heldout, rng):
             magnitude.append(dense), random_avg.append(dense), global_mag.append(dense)
             continue
         magnitude.append(mean_loss(pruned_copy(model, masks), heldout))
-        global_mag.append(mean_loss(pruned_copy(model, global_magnitude_masks(model, s)),
-                                    heldout))
+        global_masks = global_magnitude_masks(model, s)
+        global_mag.append(mean_loss(pruned_copy(model, global_masks), heldout))
+        # how the one global threshold splits the pruning between the two layers
+        global_split = [1.0 - measured_share_kept(global_masks[name]) for name in LINEAR]
         trials = [mean_loss(pruned_copy(model, {name: random_mask(model[name], s, rng)
                                                 for name in LINEAR}), heldout)
                   for _ in range(RANDOM_MASKS)]
         random_avg.append(sum(trials) / len(trials))
-        print(f"  {s:4.0%} sparsity | magnitude {magnitude[-1]:.4f} | global magnitude "
-              f"{global_mag[-1]:.4f} | random (mean of {RANDOM_MASKS}) {random_avg[-1]:.4f}")
+        print(f"  {s:4.0%} sparsity | magnitude {magnitude[-1]:.4f} | random (mean of "
+              f"{RANDOM_MASKS}) {random_avg[-1]:.4f} | global magnitude {global_mag[-1]:.4f} "
+              f"(prunes {global_split[0]:.0%} of W1, {global_split[1]:.0%} of W2)")
     return magnitude, random_avg, global_mag, masks_by_sparsity
 
 
 # === EXPERIMENT 2: FINE-TUNING AFTER PRUNING ===
-# Every fine-tune runs the same FINETUNE_STEPS batches (the same examples in the same
-# order), so the only difference between two fine-tuned models is what was pruned. The
-# yardstick is the dense model fine-tuned on those same batches: the pruned model gets no
-# extra training the dense one did not get.
+# The surviving weights were trained alongside the pruned ones; a short fine-tune lets them
+# take over the pruned ones' work. The mask is re-applied after every update, so a pruned
+# weight that the gradient would move is put back to 0 at once (Han et al. 2015 retrain the
+# same way, with pruned connections kept at zero). Every fine-tune runs the same
+# FINETUNE_STEPS batches in the same order, so two fine-tuned models differ only in what was
+# pruned. The yardstick is the dense model fine-tuned on those same batches: the pruned
+# model gets no training the dense one did not get.
+# Signpost: iterative pruning (prune a little, retrain, repeat) reaches higher sparsity than
+# one shot, as Han et al. do; the lottery ticket hypothesis (Frankle and Carbin 2019) goes
+# further and retrains the surviving weights from their values at initialisation.
 
 
 def finetune_pruned(model, masks, batches):
@@ -520,9 +540,77 @@ def finetune_pruned(model, masks, batches):
     return tuned
 
 
+def finetune_after_pruning(model, masks_by_sparsity, magnitude, dense_tuned_loss, heldout,
+                           batches, rng, start):
+    tuned_losses, tuned_sparsity = [dense_tuned_loss], [0.0]
+    for s in SPARSITIES[1:]:
+        tuned = finetune_pruned(model, masks_by_sparsity[s], batches)
+        tuned_losses.append(mean_loss(tuned, heldout))
+        # counted on the weights themselves, not read off the mask: a weight that grew
+        # back during the fine-tune shows up here
+        tuned_sparsity.append(measured_sparsity(tuned))
+        print(f"  {s:4.0%} magnitude + fine-tune {tuned_losses[-1]:.4f} (before "
+              f"{magnitude[SPARSITIES.index(s)]:.4f}); zero weights after: "
+              f"{tuned_sparsity[-1]:.1%} | {time.time() - start:.1f}s")
+    # For contrast, the same fine-tune after random pruning: can training repair that too?
+    masks = {name: random_mask(model[name], 0.5, rng) for name in LINEAR}
+    random_tuned = mean_loss(finetune_pruned(model, masks, batches), heldout)
+    print(f"  50% random + fine-tune {random_tuned:.4f} (one mask)")
+    return tuned_losses, tuned_sparsity, random_tuned
+
+
 # === EXPERIMENT 3: STRUCTURED PRUNING OF WHOLE HIDDEN UNITS ===
+# Unstructured sparsity leaves W1 and W2 the same shape with zeros scattered through them;
+# a dense matrix multiply does the same work for a zero as for any weight, so the speed-up
+# needs sparse kernels and high sparsity. Removing whole hidden units instead makes both
+# matrices genuinely smaller (40 units -> 20 is a 30x20 and a 20x27 matrix), which any
+# hardware runs faster. The price: a unit goes with all its weights, important or not.
+# Signpost: GPUs sit between the two: NVIDIA's Ampere sparse tensor cores run a "2:4"
+# pattern (two zeros in every four consecutive weights) at up to twice the dense speed.
+
+
+def structured_pruning(model, dense_loss, dense_tuned_loss, heldout, batches, start):
+    structured, structured_tuned = [], [dense_tuned_loss]
+    for s in SPARSITIES:
+        masks, removed = structured_masks(model, s)
+        structured.append(mean_loss(pruned_copy(model, masks), heldout) if s > 0
+                          else dense_loss)
+        line = (f"  {s:4.0%} of weights = {len(removed):2d} of {HIDDEN} units removed | "
+                f"held-out {structured[-1]:.4f}")
+        if s > 0:
+            structured_tuned.append(mean_loss(finetune_pruned(model, masks, batches),
+                                              heldout))
+            line += f" | after fine-tune {structured_tuned[-1]:.4f}"
+        print(line + f" | {time.time() - start:.1f}s")
+    return structured, structured_tuned
+
+
 # === EXPERIMENT 4: QUANTISATION-AWARE TRAINING AGAINST POST-TRAINING ROUNDING ===
-# (both are run from main() below, where the sections above are put together)
+# Three 2-bit (and 3-bit) models from the same trained weights:
+#   PTQ:          round the trained weights                       (no training)
+#   PTQ after FT: fine-tune in float on the fine-tuning batches, then round (the control:
+#                 the same extra training as QAT, without seeing the rounding)
+#   QAT:          fine-tune on the same batches with fake-quantised weights, then round
+# QAT is scored against the better of the two PTQ models.
+
+
+def quantisation_experiment(model, dense_tuned, heldout, batches, start):
+    quant = {}
+    for bits in QAT_BITS:
+        ptq = mean_loss(quantised_copy(model, bits), heldout)
+        ptq_tuned = mean_loss(quantised_copy(dense_tuned, bits), heldout)
+        qat_model = train(copy_model(model), batches, FINETUNE_LR, bits=bits)[0]
+        qat = mean_loss(quantised_copy(qat_model, bits), heldout)
+        quant[bits] = (ptq, ptq_tuned, qat)
+        print(f"  {bits} bits | PTQ {ptq:.4f} | PTQ after a float fine-tune {ptq_tuned:.4f} | "
+              f"QAT ({len(batches)} steps) {qat:.4f} | {time.time() - start:.1f}s")
+    return quant
+
+
+def share(part, whole):
+    # a repaired share; with no damage to repair there is no share (NaN fails the table)
+    return part / whole if whole else math.nan
+
 
 # === SUCCESS CRITERIA ===
 # (what was measured, key in main()'s result, comparison, threshold or another key)
@@ -530,8 +618,11 @@ CRITERIA = [
     ("held-out loss, dense MLP vs a bigram count table", "dense_loss", "<", "bigram_loss"),
     ("50% sparsity: random minus magnitude held-out loss", "magnitude_margin_50", ">", 0.1),
     ("50% magnitude + fine-tune minus dense + same fine-tune", "finetuned_gap_50", "<", 0.05),
+    ("50%: share of the pruning damage the fine-tune repairs", "finetune_recovered_50", ">",
+     0.25),
     ("share of zero weights after the 50% fine-tune", "finetuned_sparsity_50", ">=", 0.5),
     ("2 bits: better PTQ minus QAT held-out loss", "qat_margin", ">", 0.1),
+    ("2 bits: share of PTQ's damage that QAT repairs", "qat_recovered_share", ">", 0.3),
 ]
 COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
            "==": operator.eq}
@@ -556,6 +647,7 @@ def main():
     random.seed(42)  # every random draw below (init, data order, masks) follows from this
     start = time.time()
     names = load_names()
+    # The file is sorted by popularity; shuffling mixes common and rare names everywhere.
     random.shuffle(names)
     # The last EVAL_NAMES shuffled names are held out; a held-out name that also occurs
     # among the training names (names.txt repeats a few) is dropped.
@@ -578,7 +670,6 @@ def main():
     bigram = bigram_loss(train_examples, heldout, vocab_size)
     print(f"held-out loss: dense MLP {dense_loss:.4f}, bigram table {bigram:.4f}, "
           f"uniform ln 27 = {math.log(27):.4f}")
-
     # One list of fine-tuning batches, shared by every fine-tune below.
     finetune_batches = sample_batches(train_examples, FINETUNE_STEPS)
     dense_tuned = train(copy_model(model), finetune_batches, FINETUNE_LR)[0]
@@ -587,40 +678,22 @@ def main():
           f"fine-tune): {dense_tuned_loss:.4f} | {time.time() - start:.1f}s")
 
     print("\n=== UNSTRUCTURED PRUNING: MAGNITUDE VS RANDOM (no fine-tune) ===")
-    rng = random.Random(random.random())
+    rng = random.Random(random.random())   # the random masks' own stream, seeded from 42
     magnitude, random_avg, global_mag, masks_by_sparsity = magnitude_vs_random(
         model, heldout, rng)
-    print(f"  ({time.time() - start:.1f}s)")
 
     print(f"\n=== FINE-TUNING AFTER PRUNING ({FINETUNE_STEPS} steps, mask re-applied after "
           f"every update) ===")
-    magnitude_tuned, sparsity_tuned = [dense_tuned_loss], [0.0]
-    for s in SPARSITIES[1:]:
-        tuned = finetune_pruned(model, masks_by_sparsity[s], finetune_batches)
-        magnitude_tuned.append(mean_loss(tuned, heldout))
-        sparsity_tuned.append(measured_sparsity(tuned))
-        print(f"  {s:4.0%} magnitude + fine-tune {magnitude_tuned[-1]:.4f} (before "
-              f"{magnitude[SPARSITIES.index(s)]:.4f}); zero weights after: "
-              f"{sparsity_tuned[-1]:.1%} | {time.time() - start:.1f}s")
-    random_masks_50 = {name: random_mask(model[name], 0.5, rng) for name in LINEAR}
-    random_tuned_50 = mean_loss(finetune_pruned(model, random_masks_50, finetune_batches),
-                                heldout)
-    print(f"  50% random + fine-tune {random_tuned_50:.4f} (one mask)")
+    magnitude_tuned, sparsity_tuned, random_tuned_50 = finetune_after_pruning(
+        model, masks_by_sparsity, magnitude, dense_tuned_loss, heldout, finetune_batches,
+        rng, start)
 
     print("\n=== STRUCTURED PRUNING: WHOLE HIDDEN UNITS, SMALLEST NORM FIRST ===")
-    structured, structured_tuned = [], [dense_tuned_loss]
-    for s in SPARSITIES:
-        masks, removed = structured_masks(model, s)
-        structured.append(mean_loss(pruned_copy(model, masks), heldout) if s > 0 else dense_loss)
-        line = (f"  {s:4.0%} of weights = {len(removed):2d} of {HIDDEN} units removed | "
-                f"held-out {structured[-1]:.4f}")
-        if s > 0:
-            structured_tuned.append(mean_loss(finetune_pruned(model, masks, finetune_batches),
-                                              heldout))
-            line += f" | after fine-tune {structured_tuned[-1]:.4f}"
-        print(line + f" | {time.time() - start:.1f}s")
+    structured, structured_tuned = structured_pruning(model, dense_loss, dense_tuned_loss,
+                                                      heldout, finetune_batches, start)
 
-    print("\nHeld-out loss against sparsity:")
+    print("\nHeld-out loss against sparsity (fine-tuned columns: 0% is the dense model "
+          "fine-tuned the same steps):")
     print(f"  {'sparsity':>8} {'magnitude':>10} {'+ tune':>8} {'random':>8} "
           f"{'global':>8} {'units':>8} {'+ tune':>8}")
     for i, s in enumerate(SPARSITIES):
@@ -628,27 +701,17 @@ def main():
               f"{random_avg[i]:8.4f} {global_mag[i]:8.4f} {structured[i]:8.4f} "
               f"{structured_tuned[i]:8.4f}")
     print()
-    print(ascii_chart([("M", "magnitude", magnitude), ("F", "magnitude + fine-tune",
-                                                       magnitude_tuned),
+    print(ascii_chart([("M", "magnitude", magnitude),
+                       ("F", "magnitude + fine-tune", magnitude_tuned),
                        ("R", "random", random_avg), ("U", "units", structured),
                        ("T", "units + fine-tune", structured_tuned)], SPARSITIES))
 
-    print(f"\n=== QUANTISATION: POST-TRAINING ROUNDING VS QUANTISATION-AWARE TRAINING ===")
-    quant = {}
-    for bits in QAT_BITS:
-        ptq = mean_loss(quantised_copy(model, bits), heldout)
-        ptq_tuned = mean_loss(quantised_copy(dense_tuned, bits), heldout)
-        qat_model = train(copy_model(model), finetune_batches, FINETUNE_LR, bits=bits)[0]
-        qat = mean_loss(quantised_copy(qat_model, bits), heldout)
-        quant[bits] = (ptq, ptq_tuned, qat)
-        print(f"  {bits} bits | PTQ of the dense model {ptq:.4f} | PTQ after a float "
-              f"fine-tune {ptq_tuned:.4f} | QAT ({FINETUNE_STEPS} steps) {qat:.4f} | "
-              f"{time.time() - start:.1f}s")
-    low = min(QAT_BITS)
-    ptq_low, ptq_tuned_low, qat_low = quant[low]
+    print("\n=== QUANTISATION: POST-TRAINING ROUNDING VS QUANTISATION-AWARE TRAINING ===")
+    quant = quantisation_experiment(model, dense_tuned, heldout, finetune_batches, start)
+    ptq, ptq_tuned, qat = quant[min(QAT_BITS)]
     # QAT is compared with the better of the two PTQ models, so its margin cannot come from
     # the extra steps alone (min() would hide a NaN, so a NaN is passed on explicitly)
-    best_ptq = math.nan if math.isnan(ptq_low + ptq_tuned_low) else min(ptq_low, ptq_tuned_low)
+    best_ptq = math.nan if math.isnan(ptq + ptq_tuned) else min(ptq, ptq_tuned)
 
     i50 = SPARSITIES.index(0.5)
     results = {
@@ -657,18 +720,29 @@ def main():
         "dense_finetuned_loss": dense_tuned_loss,
         "magnitude_loss_50": magnitude[i50],
         "random_loss_50": random_avg[i50],
+        "global_magnitude_loss_50": global_mag[i50],
         "magnitude_margin_50": random_avg[i50] - magnitude[i50],
         "finetuned_loss_50": magnitude_tuned[i50],
         "finetuned_gap_50": magnitude_tuned[i50] - dense_tuned_loss,
+        # share of the pruning damage (loss above the equally fine-tuned dense model) that the
+        # fine-tune repairs: 0 for a fine-tune that changes nothing
+        "finetune_recovered_50": share(magnitude[i50] - magnitude_tuned[i50],
+                                       magnitude[i50] - dense_tuned_loss),
         "finetuned_sparsity_50": sparsity_tuned[i50],
         "random_finetuned_loss_50": random_tuned_50,
         "structured_loss_50": structured[i50],
         "structured_finetuned_loss_50": structured_tuned[i50],
-        "ptq_loss": ptq_low,
-        "ptq_finetuned_loss": ptq_tuned_low,
-        "qat_loss": qat_low,
-        "qat_margin": best_ptq - qat_low,
+        "ptq_loss": ptq,
+        "ptq_finetuned_loss": ptq_tuned,
+        "qat_loss": qat,
+        "qat_margin": best_ptq - qat,
+        # share of the damage done by low-bit rounding (the better PTQ loss above the dense
+        # model's) that QAT repairs: 1 would be a 2-bit model as good as the float one
+        "qat_recovered_share": share(best_ptq - qat, best_ptq - dense_loss),
     }
+    for bits in QAT_BITS:
+        for label, value in zip(("ptq", "ptq_finetuned", "qat"), quant[bits]):
+            results[f"{label}_loss_{bits}bit"] = value
     print_criteria(results)
     print("\nNext: predict what a change will do, then run it: docs/challenges/microprune.md")
     return results
