@@ -621,8 +621,8 @@ CRITERIA = [
     ("50%: share of the pruning damage the fine-tune repairs", "finetune_recovered_50", ">",
      0.25),
     ("share of zero weights after the 50% fine-tune", "finetuned_sparsity_50", ">=", 0.5),
-    ("2 bits: better PTQ minus QAT held-out loss", "qat_margin", ">", 0.1),
-    ("2 bits: share of PTQ's damage that QAT repairs", "qat_recovered_share", ">", 0.3),
+    ("lowest width tried: better PTQ minus QAT loss", "qat_margin", ">", 0.1),
+    ("lowest width tried: share of PTQ's damage QAT repairs", "qat_recovered_share", ">", 0.3),
 ]
 COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
            "==": operator.eq}
