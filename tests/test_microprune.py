@@ -90,7 +90,7 @@ def test_gradient_of_an_unused_embedding_row_is_zero(model):
 
 def test_adam_step_matches_the_formula():
     m = {"W": [[0.5, -1.0]]}
-    opt = mp.Adam(m, 0.1)
+    opt = mp.Adam(m)
     opt.step(m, {"W": [[0.2, -0.4]]}, 0.1)
     # after one step m_hat = g and v_hat = g^2, so each weight moves by lr * g / (|g| + eps)
     for w, w0, g in zip(m["W"][0], (0.5, -1.0), (0.2, -0.4)):
