@@ -17,7 +17,7 @@ dense kernel multiplies smaller, at the price of a coarser choice.
 
 Quantisation-aware training (QAT). Rounding every weight to 2 bits after training (PTQ,
 post-training quantisation, as in systems/microquant.py) damages this model badly: its
-held-out loss goes from 2.30 to 2.65, most of the way back to a bigram table's 2.43. QAT
+held-out loss goes from 2.30 to 2.65, worse than a table of letter-pair counts (2.43). QAT
 rounds the weights in the forward pass while training ("fake quantisation") and lets the
 gradient pass through the rounding as if it were the identity (the straight-through
 estimator of Bengio et al. 2013, used for QAT by Jacob et al. 2018), so the float weights
@@ -353,8 +353,10 @@ def mask_from_pruned(rows, pruned):
 
 
 def magnitude_mask(rows, sparsity):
-    # Han et al. 2015: a weight's magnitude is a cheap stand-in for its importance, since the
-    # loss changes by about w * dL/dw when it is removed and small weights contribute little
+    # Han et al. 2015: a weight's magnitude is a cheap stand-in for its importance. Removing
+    # w changes its unit's input by w times the input it multiplies, so a small weight moves
+    # the output least. Magnitude ignores how large that input is and how much the loss cares;
+    # Optimal Brain Damage (LeCun, Denker and Solla 1990) ranks by second derivatives instead.
     flat = [abs(w) for row in rows for w in row]
     order = sorted(range(len(flat)), key=flat.__getitem__)
     return mask_from_pruned(rows, order[:prune_count(rows, sparsity)])
@@ -381,8 +383,9 @@ def structured_masks(model, sparsity):
 
     Each unit owns 3 * EMBED incoming and 27 outgoing weights, the same count for every unit,
     so removing a share s of the units removes exactly a share s of W1 and W2's weights.
-    Units are ranked by the L2 norm of all their weights, incoming and outgoing: a unit with
-    small weights in both directions changes the output least when it goes.
+    Units are ranked by the L2 norm of all their weights, incoming and outgoing: a unit whose
+    outgoing weights are small barely moves the logits when it goes (|h_j| <= 1), and one
+    whose incoming weights are small is nearly a constant that the biases can stand in for.
     """
     w1, w2 = model["W1"], model["W2"]
     norms = [math.sqrt(sum(w * w for w in w1[j]) + sum(row[j] ** 2 for row in w2))
