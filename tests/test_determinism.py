@@ -64,6 +64,7 @@ QUICK_SETTINGS = {
     "microvectorsearch": {"NUM_DATABASE": 200, "NUM_QUERIES": 5, "KMEANS_ITERS": 2, "NLIST": 8,
                           "PQ_CHECK_QUERIES": 2, "RERANK_SHORTLIST": (20,),
                           "HNSW_EF_SWEEP": (10,), "HNSW_EF_CRITERION": 10},
+    "microprune": {"NUM_STEPS": 3, "FINETUNE_STEPS": 2, "EVAL_NAMES": 10, "RANDOM_MASKS": 1},
 }
 
 
