@@ -108,7 +108,9 @@ def test_whole_stack_gradient_matches_finite_differences_for_every_parameter(sma
 def test_forward_losses_agree(small_model):
     params, xs, ys = small_model
     loss_all, _ = cp.store_everything_gradients(params, xs, ys, cp.ActivationMeter())
-    assert loss_all == cp.plain_loss(params, xs, ys)
+    # Two separately written forward passes: equal on 3.10 and 3.11, but from 3.12 sum() is
+    # compensated and may round the two sums differently in the last digit.
+    assert math.isclose(loss_all, cp.plain_loss(params, xs, ys), rel_tol=1e-12)
 
 
 # --- checkpointing: exact gradients, counts equal to the formulas ---------------------------
