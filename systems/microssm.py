@@ -171,12 +171,13 @@ def nan_aware_max(numbers):
 def discretisation_error(system, dt, discretize, smooth, piece_values):
     """Largest |y_k - y(k dt)| over the run, the k-th output compared at time k dt."""
     steps = round(HORIZON / dt)
-    per_piece = round(PIECE / dt)
+    # Each step's input is the signal's value at the start of the step, held for the step:
+    # all that a model fed with samples knows. For the held input with dt dividing PIECE
+    # that is the true input; for the cosine it is an approximation.
     if smooth:
-        # Sampled at the start of each step and held: what a model that sees samples gets.
         inputs = [math.cos(SMOOTH_OMEGA * k * dt) for k in range(steps)]
     else:
-        inputs = [piece_values[k // per_piece] for k in range(steps)]
+        inputs = [piece_values[int(k * dt / PIECE + 1e-9)] for k in range(steps)]
     outputs = run_discrete(system, inputs, dt, discretize)
     reference = [exact_cosine(system, (k + 1) * dt) if smooth else
                  exact_held(system, piece_values, (k + 1) * dt) for k in range(steps)]
@@ -191,29 +192,31 @@ def loglog_slope(xs, ys):
             sum((a - mx) ** 2 for a in lx))
 
 
-def loglog_chart(steps, series, height=10):
-    """Errors against step size on log-log axes; each series gets a letter."""
-    floor = 1e-17      # ZOH's error on a held input is rounding, near 1e-16; plotted at the floor
-    logs = {name: [math.log10(max(e, floor)) for e in errors] for name, errors in series.items()}
+def loglog_chart(steps, series, bottom=-4.0, rows_per_decade=4):
+    """Errors against step size on log-log axes, one letter per series. Anything below
+    10^bottom (zero-order hold's rounding error, about 1e-15) sits on the bottom row."""
+    logs = {name: [max(bottom, math.log10(e)) if e > 0 else bottom for e in errors]
+            for name, errors in series.items()}
     top = math.ceil(max(max(v) for v in logs.values()))
-    bottom = math.floor(min(min(v) for v in logs.values()))
-    rows = []
-    for r in range(height + 1):
-        level = top - (top - bottom) * r / height
+    lines = []
+    for r in range(round((top - bottom) * rows_per_decade) + 1):
+        level = top - r / rows_per_decade
         cells = []
         for i in range(len(steps)):
-            mark = " "
-            for name, values in logs.items():
-                if abs(values[i] - level) <= (top - bottom) / (2 * height):
-                    mark = name if mark == " " else "*"
-            cells.append(f"   {mark}    ")
-        rows.append(f" 1e{level:6.1f} |" + "".join(cells))
-    rows.append("           +" + "-" * (8 * len(steps)))
-    rows.append("       dt =  " + "".join(f"{s:<8.3g}" for s in steps))
-    return "\n".join(rows)
+            marks = [name for name, values in logs.items()
+                     if abs(values[i] - level) < 0.5 / rows_per_decade]
+            cells.append(f"   {marks[0] if len(marks) == 1 else '*' if marks else ' '}    ")
+        label = f"<1e{bottom:.0f}" if r == round((top - bottom) * rows_per_decade) else (
+            f"1e{level:+.0f}" if level == int(level) else "")
+        lines.append(f"{label:>7} |" + "".join(cells))
+    lines.append("        +" + "-" * (8 * len(steps)))
+    lines.append("    dt =  " + "".join(f"{s:<8.3g}" for s in steps))
+    return "\n".join(lines)
 
 
 def part1_discretisation():
+    # One continuous system (S4D-Lin poles, B = 1, random complex C), one random held input;
+    # each discretisation is run at every step size and compared with the closed form.
     print("=== Part 1: discretising x' = Ax + Bu (S4D-Lin, "
           f"{SYS_STATES} complex states) ===")
     rng = random.Random(1)
@@ -225,6 +228,8 @@ def part1_discretisation():
         for smooth in (False, True):
             errors[name, smooth] = [discretisation_error(system, dt, discretize, smooth,
                                                          piece_values) for dt in SWEEP_STEPS]
+    # The criteria's step: dt = 0.1 divides the 0.5-long pieces, so the held input really is
+    # constant over every step, the one case where zero-order hold is exact.
     zoh_error = discretisation_error(system, STEP, discretize_zoh, False, piece_values)
     bilinear_error = discretisation_error(system, STEP, discretize_bilinear, False,
                                           piece_values)
@@ -291,6 +296,8 @@ def causal_convolution(kernel, inputs):
 
 
 def part2_recurrence_vs_convolution():
+    # A fixed S4D layer (S4D-Lin poles, B = 1, random C) on a random input: no training is
+    # needed, because the two forms are equal for any weights; that is the claim tested.
     print(f"\n=== Part 2: the discrete S4D model as a recurrence and as a convolution ===")
     rng = random.Random(2)
     poles = s4d_lin(S4D_STATES)
@@ -300,6 +307,8 @@ def part2_recurrence_vs_convolution():
     by_recurrence, recurrence_mults = recurrence(pairs, cs, inputs)
     kernel, kernel_mults = ssm_kernel(pairs, cs, SEQ_LEN)
     by_convolution, convolution_mults = causal_convolution(kernel, inputs)
+    # Both sum the same terms in a different order, so they agree to rounding (about 1e-15);
+    # the 1e-10 threshold leaves room for that and nothing else.
     difference = nan_aware_max(abs(a - b) for a, b in zip(by_recurrence, by_convolution))
     print(f"{SEQ_LEN} steps, {S4D_STATES} complex states, dt = {S4D_STEP}; largest difference "
           f"between the two outputs: {difference:.2e}")
@@ -322,8 +331,7 @@ def part2_recurrence_vs_convolution():
             count_mismatches += 1
         print(f"{name:<34}{shown:>10}{formula(1024):>12,}{formula(4096):>14,}   {text}")
     print("The recurrence does the least work but one step at a time; the convolution does more,")
-    print("all positions at once. S4 computes the kernel with structured algorithms and the")
-    print("convolution with FFTs, in O(L log L) work.")
+    print("all positions at once. S4 and S4D run the convolution with FFTs instead: O(L log L).")
     return {"recurrence_conv_difference": difference, "recurrence_mults": recurrence_mults,
             "convolution_mults": convolution_mults + kernel_mults,
             "count_mismatches": count_mismatches}
@@ -339,8 +347,8 @@ def part2_recurrence_vs_convolution():
 # Each marker is its own token ("recall the first", "the second", ...), so the model knows
 # which data token is asked for. Accuracy counts the recalled tokens that are right; guessing
 # one of DATA_VOCAB letters at random scores 1 / DATA_VOCAB = 0.25.
-# Signpost: the Mamba paper's selective copying uses 4,096 positions, 16 data tokens and a
-# two-layer model; this one is sized to train in seconds in pure Python.
+# Signpost: this version is sized to train in seconds in pure Python (19 positions, 3 data
+# tokens, one layer); the Mamba paper runs the task with full Mamba models.
 
 
 def make_example(rng):
@@ -546,6 +554,8 @@ def train(params, selective, label):
     moment2 = [[0.0] * len(r) for r in rows]
     losses, start = [], time.time()
     for step in range(NUM_STEPS):
+        # Gradients of the batch are summed into one zero-filled tree, then averaged in the
+        # Adam update (gi /= BATCH).
         grads = zeros_like(params)
         batch_loss = sum(loss_and_grads(params, *make_example(rng), selective, grads)
                          for _ in range(BATCH)) / BATCH
@@ -566,6 +576,7 @@ def train(params, selective, label):
 
 
 def accuracy(params, selective, examples):
+    # Greedy read-out: the recalled token is the arg-max of the logits at each marker.
     right = total = 0
     for tokens, targets in examples:
         logits, _, _ = forward(params, tokens, selective)
@@ -587,9 +598,9 @@ def accuracy(params, selective, examples):
 # work-efficient scan needs about 2L combines in 2 log2 L rounds).
 # Signpost: Mamba's CUDA kernel runs a work-efficient parallel scan of this kind with the
 # states kept in fast on-chip memory (SRAM): it loads delta, A, B and C, discretises and
-# scans there, and writes only y back to the GPU's main memory; the backward pass recomputes
-# the states instead of storing them. Here the rounds run one after another in Python; the
-# point is the order of operations a GPU would run side by side.
+# scans there, and writes only y back to the GPU's main memory (the D x N states never go
+# there). Here the rounds run one after another in Python; the point is the order of
+# operations a GPU would run side by side.
 
 
 def combine(earlier, later):
@@ -610,7 +621,9 @@ def parallel_scan(pairs):
 def scan_check(params, tokens):
     """Run the trained selective model's recurrence as a parallel scan, every (channel,
     state) pair, and compare with the sequential states of forward()."""
+    # Every (channel, state) pair is its own scalar recurrence, so each is scanned alone.
     _, steps, _ = forward(params, tokens, selective=True)
+    # step tuple: 1 = x, 5 = B_t, 7 = a_bar, 8 = f, 10 = h (see forward())
     worst, rounds = [], 0
     for d in range(CHANNELS):
         for n in range(STATE_SIZE):
@@ -621,7 +634,9 @@ def scan_check(params, tokens):
 
 
 def delta_picture(params, tokens, selective):
-    """Mean step size over the channels at each position, as a bar per token."""
+    """Mean step size over the channels at each position of one example."""
+    # A trained selective model should show small delta on noise (skip it) and large delta
+    # on data tokens (write them); the time-invariant model shows one value everywhere.
     _, steps, _ = forward(params, tokens, selective)
     means = [sum(st[4]) / CHANNELS for st in steps]
     return means
@@ -709,6 +724,8 @@ def print_criteria(results):
 
 def main():
     random.seed(42)  # the training part's initial weights follow from this
+    # The lesson in three parts: how a continuous system becomes a step rule; why a fixed
+    # step rule is a convolution; why making it depend on the input (Mamba) needs a scan.
     results = {}
     results.update(part1_discretisation())
     results.update(part2_recurrence_vs_convolution())
