@@ -576,14 +576,14 @@ def train(params, selective, label):
 
 
 def accuracy(params, selective, examples):
+    """Share of recalled tokens that are right: overall, and for each recall position."""
     # Greedy read-out: the recalled token is the arg-max of the logits at each marker.
-    right = total = 0
+    right = [0] * NUM_DATA
     for tokens, targets in examples:
         logits, _, _ = forward(params, tokens, selective)
-        for z, target in zip(logits, targets):
-            right += max(range(DATA_VOCAB), key=z.__getitem__) == target
-            total += 1
-    return right / total
+        for i, (z, target) in enumerate(zip(logits, targets)):
+            right[i] += max(range(DATA_VOCAB), key=z.__getitem__) == target
+    return sum(right) / (NUM_DATA * len(examples)), [r / len(examples) for r in right]
 
 
 # === THE SCAN, IN PARALLEL ===
@@ -663,7 +663,9 @@ def part3_selective_copying():
     for key, name in (("selective_accuracy", "selective (S6)"),
                       ("lti_accuracy", "time-invariant")):
         params, selective, losses = models[name]
-        results[key] = accuracy(params, selective, held_out)
+        results[key], by_position = accuracy(params, selective, held_out)
+        print(f"{name:<16} accuracy by recall position (1st, 2nd, 3rd ...): "
+              + ", ".join(f"{a:.3f}" for a in by_position))
         tail = losses[-LOG_EVERY:]
         results[key.replace("accuracy", "final_loss")] = sum(tail) / len(tail)
     results["accuracy_margin"] = results["selective_accuracy"] - results["lti_accuracy"]
