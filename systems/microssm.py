@@ -30,7 +30,7 @@ Parameterization and Initialization of Diagonal State Space Models"); Mamba and 
 copying task (Gu and Dao, 2023, "Mamba: Linear-Time Sequence Modeling with Selective State
 Spaces"); the parallel scan (Blelloch, 1990, "Prefix Sums and Their Applications").
 
-Run: python systems/microssm.py    (about 20 s on the 2-core CI machine)
+Run: python systems/microssm.py    (about 18 s on the 2-core CI machine)
 """
 import cmath
 import math
@@ -77,8 +77,9 @@ VOCAB = DATA_VOCAB + 1 + NUM_DATA
 # === THE CONTINUOUS SYSTEM: A DIAGONAL, COMPLEX STATE MATRIX (S4D) ===
 # S4's state matrix is a structured N x N matrix (HiPPO). S4D keeps only a diagonal, which
 # makes every state an independent one-dimensional system x_n' = a_n x_n + b_n u: a complex
-# a_n = -decay + i * frequency is a damped oscillator. S4D-Lin, one of S4D's two
-# initialisations, spaces the frequencies linearly: a_n = -1/2 + i pi n. Complex states come in
+# a_n = -decay + i * frequency is a damped oscillator. S4D-Lin, one of S4D's
+# initialisations (S4D-Inv and S4D-Real are others), spaces the frequencies linearly:
+# a_n = -1/2 + i pi n. Complex states come in
 # conjugate pairs in a real model, so only one of each pair is kept and the output is
 #     y(t) = 2 Re( sum_n c_n x_n(t) )
 # which is what the real 2N-state system would output.
@@ -535,7 +536,7 @@ def loss_and_grads(params, tokens, targets, selective, grads):
 
 # === TRAINING: ADAM ON MINI-BATCHES ===
 # Both models train on the same stream of examples (a generator seeded with DATA_SEED) from
-# initial weights drawn the same way, so the one difference between them is selectivity.
+# the same initial weights, so the one difference between them is selectivity.
 
 
 def rows_of(tree):

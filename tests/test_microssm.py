@@ -55,7 +55,8 @@ def test_held_input_closed_form_matches_numerical_integration():
         return pieces[int(t / ssm.PIECE)]
 
     for t_end in (0.3, 1.0, 2.7):
-        assert abs(ssm.exact_held(system, pieces, t_end) - rk4_output(system, u, t_end, held=True)) < 1e-9
+        expected = rk4_output(system, u, t_end, held=True)
+        assert abs(ssm.exact_held(system, pieces, t_end) - expected) < 1e-9
 
 
 def test_cosine_closed_form_matches_numerical_integration():
