@@ -79,8 +79,8 @@ VOCAB = DATA_VOCAB + 1 + NUM_DATA
 # makes every state an independent one-dimensional system x_n' = a_n x_n + b_n u: a complex
 # a_n = -decay + i * frequency is a damped oscillator. S4D-Lin, one of S4D's
 # initialisations (S4D-Inv and S4D-Real are others), spaces the frequencies linearly:
-# a_n = -1/2 + i pi n. Complex states come in
-# conjugate pairs in a real model, so only one of each pair is kept and the output is
+# a_n = -1/2 + i pi n. Complex states come in conjugate pairs in a real model, so only one
+# of each pair is kept and the output is
 #     y(t) = 2 Re( sum_n c_n x_n(t) )
 # which is what the real 2N-state system would output.
 
@@ -339,11 +339,12 @@ def part2_recurrence_vs_convolution():
 
 
 # === PART 3: THE SELECTIVE COPYING TASK ===
-# A convolution applies the same kernel wherever a token sits, so it cannot tell "a data token
-# three steps ago" from "a noise token three steps ago" except through what the token is, and
-# cannot skip the noise between data tokens. Selective copying (Gu and Dao, 2023) tests exactly
-# that: data tokens scattered at random places among noise must be recalled, in order, after
-# the sequence. Example with BODY = 16 (d = a data token, . = noise, ? = a recall marker):
+# A convolution weighs each past token by its distance alone: the same kernel, whatever the
+# token is. When data tokens sit at random places among noise, their distances from the end
+# change from example to example, so a fixed kernel mixes them with weights the model cannot
+# predict; what it needs is to skip the noise. Selective copying (Gu and Dao, 2023) tests
+# exactly that: data tokens scattered at random places among noise must be recalled, in
+# order, after the sequence. Example with BODY = 16 (d = a data token, . = noise, ? = a recall marker):
 #     . 2 . . . . 0 . . . . . . 3 . .  ?1 ?2 ?3   ->   outputs at the markers: 2 0 3
 # Each marker is its own token ("recall the first", "the second", ...), so the model knows
 # which data token is asked for. Accuracy counts the recalled tokens that are right; guessing
