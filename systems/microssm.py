@@ -363,7 +363,8 @@ def make_example(rng):
 
 
 def show_example(tokens):
-    names = [str(t) if t < NOISE else "." if t == NOISE else f"?{t - MARKER + 1}" for t in tokens]
+    names = [str(t) if t < NOISE else "." if t == NOISE else f"?{t - MARKER + 1}"
+             for t in tokens]
     return " ".join(names)
 
 
