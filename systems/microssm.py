@@ -344,7 +344,8 @@ def part2_recurrence_vs_convolution():
 # change from example to example, so a fixed kernel mixes them with weights the model cannot
 # predict; what it needs is to skip the noise. Selective copying (Gu and Dao, 2023) tests
 # exactly that: data tokens scattered at random places among noise must be recalled, in
-# order, after the sequence. Example with BODY = 16 (d = a data token, . = noise, ? = a recall marker):
+# order, after the sequence. Example with BODY = 16 (digits = data tokens, . = noise,
+# ?k = the marker asking for the k-th data token):
 #     . 2 . . . . 0 . . . . . . 3 . .  ?1 ?2 ?3   ->   outputs at the markers: 2 0 3
 # Each marker is its own token ("recall the first", "the second", ...), so the model knows
 # which data token is asked for. Accuracy counts the recalled tokens that are right; guessing
