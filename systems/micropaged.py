@@ -56,7 +56,7 @@ MLP_HIDDEN = 4 * N_EMBD
 LEARNING_RATE = 0.01
 BETA1, BETA2, ADAM_EPS = 0.85, 0.99, 1e-8   # Karpathy's microgpt values
 INIT_STD = 0.08    # small random weights keep the first logits near uniform (loss ~ ln 27)
-NUM_STEPS = 200    # base model training steps, one name each
+NUM_STEPS = 300    # base model training steps, one name each
 # LoRA adapters on the query and value projections, as the LoRA paper's main experiments
 LORA_RANK = 2
 LORA_ALPHA = 2.0   # the update is scaled by alpha / r = 1
@@ -536,7 +536,7 @@ def reference_logits(weights, tokens):
         return [a * factor for a in vector]
 
     def times(mat, vector):
-        return [sum(w * a for w, a in zip(row, vector)) for row in mat]
+        return [math.fsum(map(operator.mul, row, vector)) for row in mat]
 
     x = [rms([a + b for a, b in zip(weights["wte"][t], weights["wpe"][p])])
          for p, t in enumerate(tokens)]

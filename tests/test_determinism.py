@@ -59,6 +59,7 @@ QUICK_SETTINGS = {
     "microsft": {"PRETRAIN_STEPS": 3, "SFT_STEPS": 3, "EVAL_NAMES": 3, "NUM_SHOWN": 1},
     "micropreference": {"NUM_STEPS": 3, "PREF_STEPS": 2, "PREF_BATCH": 2, "HELDOUT_PAIRS": 4,
                         "KL_SAMPLES": 4, "LOG_EVERY": 1},
+    "micropaged": {"NUM_STEPS": 2, "ADAPTER_STEPS": 2, "NUM_REQUESTS": 10},
 }
 
 
