@@ -16,7 +16,7 @@ Four ideas decide how many of them one model can serve:
 
     train a tiny GPT and three rank-2 adapters (Value autograd) -> plain floats
       -> serve a trace of 24 requests alone (a plain reference, no cache, merged adapter)
-      -> serve it with static and with continuous batching on a pool of 12 blocks
+      -> serve it with static and with continuous batching on a pool of 10 blocks
       -> every token identical to serving it alone; continuous batching does more per step
       -> prefix sharing: blocks saved and blocks copied, against the counts derived by hand
 
@@ -594,6 +594,9 @@ class Request:
 
 
 def make_trace(names, stoi, bos, rng):
+    # Requests arrive faster than one batch of MAX_BATCH can finish them, so a queue builds
+    # up and the scheduler always has someone to admit: the regime where the batching
+    # policy matters. With a trickle of requests both policies would sit half idle.
     stems = [n for n in names if len(n) > SHARED_LETTERS]
     letters = "abcdefghijklmnopqrstuvwxyz"
     # The order of arrival: singles (None) and groups (their index), shuffled
@@ -614,7 +617,7 @@ def make_trace(names, stoi, bos, rng):
             for member, extra in enumerate(rng.sample(letters, GROUP_SIZE)):
                 specs.append((prefix + [stoi[extra]], adapter, clock + (member > 0), group,
                               len(prefix)))
-        clock += rng.choice((0, 1))   # about one arrival every two ticks... or two per tick
+        clock += rng.choice((0, 1))   # the next arrival 0 or 1 tick later: 2 per tick on average
     requests = []
     for rid, (prompt, adapter, arrival, group, shared_len) in enumerate(specs):
         # prompt + generated tokens must fit the BLOCK_SIZE positions the model knows (the
@@ -665,6 +668,10 @@ class BlockPool:
             self.keys[target][layer] = list(self.keys[source][layer])
             self.values[target][layer] = list(self.values[source][layer])
 
+    # The check behind the accounting row: a block freed twice (its count ignored) appears
+    # twice in the free list and would later be handed to two requests at once; a block
+    # never freed is a leak that shrinks the pool for good.
+
     def accounting_errors(self):
         # With every sequence finished, each block must be in the free list exactly once with
         # a count of 0. Counts the blocks for which that is not so.
@@ -676,6 +683,10 @@ class BlockPool:
 
 
 class Sequence:
+    # The server's record of one request. A preempted sequence keeps its tokens and its
+    # logits (they were already returned to the user, token by token) and loses its blocks:
+    # num_cached drops to 0 and the next prefill rebuilds the cache from self.tokens.
+
     def __init__(self, request):
         self.request = request
         self.tokens = list(request.prompt)   # prompt + every token generated so far
@@ -706,8 +717,9 @@ def blocks_to_take(pool, seq, n_new):
 class Engine:
     """A scheduler, a block pool and a batched forward pass. One step() = one model step."""
 
-    def __init__(self, weights, adapters, num_blocks, max_batch, refill=True, share=True):
-        self.weights, self.adapters = weights, adapters
+    def __init__(self, weights, adapters, bos, num_blocks, max_batch, refill=True,
+                 share=True):
+        self.weights, self.adapters, self.bos = weights, adapters, bos
         self.pool = BlockPool(num_blocks)
         self.max_batch, self.refill, self.share = max_batch, refill, share
         self.waiting, self.running, self.finished = [], [], []
@@ -720,6 +732,10 @@ class Engine:
         self.busiest = None       # (blocks in use, tick, owners of each block)
 
     # --- memory: reserving the slots a step will write ---
+
+    # Signpost: vLLM's scheduler does the same bookkeeping on the CPU and hands the model
+    # runner a list of block copies to make on the GPU before the step; here the copy is
+    # made at once, in BlockPool.copy().
 
     def reserve(self, seq, n_new):
         # Copy-on-write: the first position to be written falls in a block others also hold,
@@ -757,6 +773,14 @@ class Engine:
 
     # --- prefix sharing ---
 
+    # Signpost: vLLM finds shared prefixes by itself ("automatic prefix caching"): it hashes
+    # every full block together with the tokens before it and any extras such as the LoRA
+    # id, and maps a new request's blocks through that hash table. It caches full blocks
+    # only, so it never shares a partly filled block and needs no copy for it, and a finished
+    # request's blocks stay cached until their memory is needed. This server shares with
+    # running requests only, partly filled blocks included (as vLLM's paper does for the
+    # samples of one prompt), which is what makes copy-on-write necessary here.
+
     def find_prefix(self, seq):
         # A running member of the same group, with the same adapter (the values, and so the
         # cache, depend on the adapter), that has already computed the shared prefix.
@@ -777,6 +801,11 @@ class Engine:
         return -(-end // KV_BLOCK) - shared_len // KV_BLOCK
 
     def admit(self):
+        # Waiting requests, oldest first (a preempted request goes back to the head of the
+        # queue), join while the batch has a free place and the pool has the blocks their
+        # prompt needs. A prefill row brings every uncached position of its prompt at once.
+        # Signpost: vLLM also caps the tokens of one step (max_num_batched_tokens) and can
+        # split a long prompt over several steps (chunked prefill); prompts here are short.
         scheduled = []
         while self.waiting and len(self.running) < self.max_batch:
             seq = self.waiting[0]
@@ -802,6 +831,10 @@ class Engine:
     # --- one iteration of the scheduler ---
 
     def step(self):
+        # The order follows vLLM's scheduler: requests already running are served first (a
+        # decode step costs them one position each), and only the blocks left after that go
+        # to new requests. Admitting first would let a new prompt take the block a running
+        # request needs for its next token, and preempt it at once.
         # 1. Every running sequence writes one more position (the token it generated last).
         # If the pool cannot hold it, the newest running sequence is preempted, possibly this
         # one, until it can: vLLM's order too (the last to arrive is the first to go).
@@ -831,6 +864,8 @@ class Engine:
         self.model_steps += 1
         row_chars = ["." if s is None else (s.request.label if id(s) in prefilled
                                             else s.request.label.lower()) for s in self.slots]
+        # Each row's logits give its next token; the token is kept, and on the next step it
+        # is the one position the sequence feeds in (its key and value are written then).
         for (seq, new), logits in zip(scheduled, logits_rows):
             seq.num_cached += len(new)
             token = next_token(logits, len(seq.generated), seq.request, self.bos)
@@ -847,6 +882,8 @@ class Engine:
         self.timeline.append(row_chars)
 
     def measure_memory(self):
+        # Called once per model step, after the writes and before finished requests leave:
+        # the moment the pool holds the most for this step.
         # Waste = reserved slots that hold no entry any running sequence reads. Each
         # sequence reads positions 0..num_cached-1 through its table; a shared slot counts
         # once. Measured after the step's writes, per running request, in blocks.
@@ -909,6 +946,10 @@ def batched_forward(weights, adapters, pool, scheduled):
             block, slot = seq.block_table[pos // KV_BLOCK], pos % KV_BLOCK
             pool.keys[block][layer][slot] = k
             pool.values[block][layer][slot] = v
+        # Attention, row by row: each row reads its own sequence's cache through the block
+        # table, positions 0..pos (causal). A prefill row's earlier positions were written
+        # just above, in this same step, so the whole prompt is visible to its last row.
+        #     score_t = q . k_t / sqrt(head_dim),  out = sum_t softmax(score)_t v_t
         new_xs = []
         for (seq, _, pos), q, residual in zip(rows, queries, xs):
             places = [(seq.block_table[p // KV_BLOCK], p % KV_BLOCK) for p in range(pos + 1)]
@@ -922,6 +963,8 @@ def batched_forward(weights, adapters, pool, scheduled):
                 total = sum(exps)
                 attended.extend(sum(e * v[i] for e, v in zip(exps, seen_values)) / total
                                 for i in range(h, h + head_dim))
+            # The output projection and the MLP are the same for every row: on a GPU they are
+            # batched matrix products, like the projections above
             x = [a + r for a, r in zip(matvec(w["wo"], attended), residual)]
             hidden = [max(0.0, u) for u in matvec(w["fc1"], rmsnorm_floats(x))]
             new_xs.append([m + r for m, r in zip(matvec(w["fc2"], hidden), x)])
@@ -936,8 +979,12 @@ def batched_forward(weights, adapters, pool, scheduled):
 
 def serve(weights, adapters, requests, bos, num_blocks, max_batch, refill=True, share=True):
     """Run the trace to the end; returns the engine with everything it recorded."""
-    engine = Engine(weights, adapters, num_blocks, max_batch, refill, share)
-    engine.bos = bos
+    # The clock: one tick per loop, one model step per tick whenever anything is scheduled.
+    # Throughput counts model steps only (the ticks where the model ran), since a tick on
+    # which nobody has arrived yet costs a server nothing. A real server's clock is wall
+    # time, and a step's time grows with its batch (prefills cost more than decodes); the
+    # step count is the simplest clock that still shows what batching buys.
+    engine = Engine(weights, adapters, bos, num_blocks, max_batch, refill, share)
     pending = sorted(requests, key=lambda r: (r.arrival, r.rid))
     tick = 0
     while pending or engine.waiting or engine.running:
@@ -958,6 +1005,12 @@ def nan_aware_max(numbers):
     if any(math.isnan(x) for x in numbers):
         return math.nan
     return max(numbers) if numbers else 0.0
+
+
+# Greedy decoding makes the claim exact: if every logit a batched request sees equals the
+# logit it would see alone, it picks the same token at every step, however the server
+# interleaved, preempted or shared it. A bug that moves a logit by 1e-3 may leave every
+# token unchanged (the largest logit still wins), so the logits are compared too.
 
 
 def compare_with_alone(engine, alone):
@@ -991,6 +1044,9 @@ def timeline_picture(engine, title):
 
 
 def pool_picture(engine):
+    # One column per physical block, with the labels of the requests whose tables hold it;
+    # two labels in one column are a shared block. Blocks of one request are scattered: only
+    # its block table knows where they are.
     blocks, tick, owners = engine.busiest
     cells = ["".join(o) if o else "." for o in owners]
     width = max(3, max(len(c) for c in cells) + 1)
@@ -1052,6 +1108,9 @@ def main():
         return "".join("." if t == bos else chars[t] for t in tokens)
 
     # --- 1. A base model and three adapters ---
+    # Each adapter is fine-tuned on the names that end in one letter, so it pulls the
+    # model's names towards that ending: a visible difference, which is what the serving
+    # checks need (applying the wrong adapter must change tokens).
     print(f"--- 1. Training a base model and {len(ADAPTER_ENDINGS)} LoRA adapters "
           f"(Value autograd) ---")
     model, params = init_model(vocab_size=bos + 1)
@@ -1069,6 +1128,8 @@ def main():
           f"(rank {LORA_RANK} on {' and '.join(LORA_TARGETS)}) | {time.time() - start:.1f}s")
 
     # --- 2. The trace, and every request served alone (the reference) ---
+    # The trace has its own random stream, drawn from the main one, so a change to how the
+    # trace is made does not move the training draws above it (and the other way round).
     trace_rng = random.Random(random.randrange(1 << 30))
     requests = make_trace(names, stoi, bos, trace_rng)
     merged = {a: merged_weights(weights, adapters.get(a)) for a in range(len(adapters) + 1)}
@@ -1088,6 +1149,10 @@ def main():
           f"from the base model.")
 
     # --- 3. Static against continuous batching, on a small pool ---
+    # The same trace, pool and batch limit for both; only the admission rule differs. In
+    # the timelines, a static batch's finished slots stay "." until its longest member ends;
+    # continuous batching fills them at the next step. A request that disappears and comes
+    # back with a capital letter was preempted and recomputed.
     print(f"\n--- 3. Serving the trace: {MAX_BATCH} slots, a pool of {NUM_BLOCKS} blocks of "
           f"{KV_BLOCK} positions ({time.time() - start:.1f}s) ---")
     runs = {}
@@ -1101,6 +1166,9 @@ def main():
               f"requests {len(engine.preempted)} | blocks shared at admission "
               f"{engine.shared_blocks}, copied on write {engine.cow_copies}")
     continuous, static = runs["continuous"], runs["static"]
+    # The ratio of tokens per step: both runs generate the same tokens, so it is also the
+    # ratio of model steps, static over continuous. Recomputing a preempted request costs
+    # steps too, which is part of the price continuous batching pays for its fuller batches.
     throughput_ratio = ((continuous.tokens_out / continuous.model_steps)
                         / (static.tokens_out / static.model_steps))
     print(pool_picture(continuous))
@@ -1131,6 +1199,9 @@ def main():
           f"copies on write {shared_run.cow_copies} (derived: {copies_formula})")
 
     # --- 5. Every run against serving alone ---
+    # Four runs, one yardstick: each finished request's tokens and logits against the same
+    # request served alone by the reference. A request preempted twice, one whose blocks
+    # were shared and copied, one batched beside three other adapters: all must agree.
     token_mismatches, gaps = 0, []
     for engine in (static, continuous, shared_run, unshared_run):
         differing, gap = compare_with_alone(engine, alone)
