@@ -729,13 +729,14 @@ class Engine:
         self.timeline = []        # per tick: the character shown in each slot
         self.blocks_in_use = []   # per tick
         self.worst_waste = 0.0    # the largest unused slots per running request, in blocks
-        self.busiest = None       # (blocks in use, tick, owners of each block)
+        self.busiest = None       # (blocks in use, shared blocks, tick, owners of each block)
+        self.preemption_log = []  # (tick, label) of every preemption
 
     # --- memory: reserving the slots a step will write ---
 
-    # Signpost: vLLM's scheduler does the same bookkeeping on the CPU and hands the model
-    # runner a list of block copies to make on the GPU before the step; here the copy is
-    # made at once, in BlockPool.copy().
+    # Signpost: vLLM's older (V0) scheduler does the same bookkeeping on the CPU and hands
+    # the workers a list of block copies to make on the GPU before the step
+    # (blocks_to_copy); here the copy is made at once, in BlockPool.copy().
 
     def reserve(self, seq, n_new):
         # Copy-on-write: the first position to be written falls in a block others also hold,
@@ -769,6 +770,7 @@ class Engine:
         self.release(seq)
         seq.preemptions += 1
         self.preempted.add(seq.request.rid)
+        self.preemption_log.append((len(self.timeline), seq.request.label))
         self.waiting.insert(0, seq)
 
     # --- prefix sharing ---
@@ -777,7 +779,8 @@ class Engine:
     # every full block together with the tokens before it and any extras such as the LoRA
     # id, and maps a new request's blocks through that hash table. It caches full blocks
     # only, so it never shares a partly filled block and needs no copy for it, and a finished
-    # request's blocks stay cached until their memory is needed. This server shares with
+    # request's blocks stay cached (count 0, in a free queue in eviction order) until their
+    # memory is given to someone else. This server shares with
     # running requests only, partly filled blocks included (as vLLM's paper does for the
     # samples of one prompt), which is what makes copy-on-write necessary here.
 
@@ -831,13 +834,14 @@ class Engine:
     # --- one iteration of the scheduler ---
 
     def step(self):
-        # The order follows vLLM's scheduler: requests already running are served first (a
+        # The order follows vLLM's V1 scheduler: requests already running are served first (a
         # decode step costs them one position each), and only the blocks left after that go
         # to new requests. Admitting first would let a new prompt take the block a running
         # request needs for its next token, and preempt it at once.
         # 1. Every running sequence writes one more position (the token it generated last).
         # If the pool cannot hold it, the newest running sequence is preempted, possibly this
-        # one, until it can: vLLM's order too (the last to arrive is the first to go).
+        # one, until it can. vLLM's V1 scheduler does the same under its first-come,
+        # first-served policy: it preempts the last request of its running list.
         scheduled = []
         for seq in list(self.running):
             if seq not in self.running:
@@ -895,10 +899,13 @@ class Engine:
         self.worst_waste = max(self.worst_waste,
                                unused / KV_BLOCK / max(1, len(self.running)))
         self.blocks_in_use.append(in_use)
-        if self.busiest is None or in_use > self.busiest[0]:
+        # For the picture: the step with the most blocks in use, and among those the one
+        # with the most shared blocks
+        shared = sum(count > 1 for count in pool.ref_count)
+        if self.busiest is None or (in_use, shared) > self.busiest[:2]:
             owners = [[s.request.label for s in self.running if b in s.block_table]
                       for b in range(len(pool.ref_count))]
-            self.busiest = (in_use, len(self.timeline), owners)
+            self.busiest = (in_use, shared, len(self.timeline), owners)
 
 
 # === THE BATCHED FORWARD PASS, WITH ONE ADAPTER PER ROW ===
@@ -1040,6 +1047,9 @@ def timeline_picture(engine, title):
     for slot in range(engine.max_batch):
         cells = [" " if tick is None else tick[slot] for tick in engine.timeline]
         lines.append(f"  slot {slot} |" + "".join(cells))
+    if engine.preemption_log:
+        lines.append("  preempted (tick: request): " + ", ".join(
+            f"{tick}: {label}" for tick, label in engine.preemption_log))
     return "\n".join(lines)
 
 
@@ -1047,7 +1057,7 @@ def pool_picture(engine):
     # One column per physical block, with the labels of the requests whose tables hold it;
     # two labels in one column are a shared block. Blocks of one request are scattered: only
     # its block table knows where they are.
-    blocks, tick, owners = engine.busiest
+    blocks, _, tick, owners = engine.busiest
     cells = ["".join(o) if o else "." for o in owners]
     width = max(3, max(len(c) for c in cells) + 1)
     return (f"Block pool at its busiest (tick {tick}, {blocks} of {len(owners)} blocks in use; "
