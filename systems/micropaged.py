@@ -814,7 +814,12 @@ class Engine:
             seq = self.waiting[0]
             mate = self.find_prefix(seq)
             shared_len = seq.request.shared_len if mate else 0
-            if self.admission_blocks(seq, shared_len) > len(self.pool.free):
+            needed = self.admission_blocks(seq, shared_len)
+            if needed > len(self.pool.ref_count):
+                # It could never run, and waiting would loop forever: say so and stop
+                sys.exit(f"request {seq.request.label} needs {needed} blocks; the pool has "
+                         f"only {len(self.pool.ref_count)} (raise NUM_BLOCKS)")
+            if needed > len(self.pool.free):
                 break   # first come, first served: nobody overtakes the head of the queue
             self.waiting.pop(0)
             if mate:
@@ -1020,13 +1025,15 @@ def nan_aware_max(numbers):
 # token unchanged (the largest logit still wins), so the logits are compared too.
 
 
-def compare_with_alone(engine, alone):
-    """(tokens that differ, largest |logit difference|) over every finished request.
+def compare_with_alone(engine, alone, rids):
+    """(tokens that differ, largest |logit difference|) over the requests `rids` served.
 
     Tokens are compared position by position; a request that stopped early or ran long
-    counts every missing or extra token as a difference. Logits are compared at every step
-    both made."""
-    differing, gaps = 0, []
+    counts every missing or extra token as a difference, and a request that never finished
+    counts all of its tokens. Logits are compared at every step both made."""
+    finished = {seq.request.rid for seq in engine.finished}
+    differing = sum(len(alone[rid][0]) for rid in rids if rid not in finished)
+    gaps = []
     for seq in engine.finished:
         expected_tokens, expected_logits = alone[seq.request.rid]
         differing += sum(a != b for a, b in zip(seq.generated, expected_tokens))
@@ -1213,8 +1220,9 @@ def main():
     # request served alone by the reference. A request preempted twice, one whose blocks
     # were shared and copied, one batched beside three other adapters: all must agree.
     token_mismatches, gaps = 0, []
-    for engine in (static, continuous, shared_run, unshared_run):
-        differing, gap = compare_with_alone(engine, alone)
+    for engine, served in ((static, requests), (continuous, requests),
+                           (shared_run, group_requests), (unshared_run, group_requests)):
+        differing, gap = compare_with_alone(engine, alone, [r.rid for r in served])
         token_mismatches += differing
         gaps.append(gap)
     max_difference = nan_aware_max(gaps)

@@ -178,7 +178,7 @@ def test_every_request_gets_its_tokens_alone_under_preemption(served, refill):
     assert len(engine.finished) == len(requests)
     assert engine.preempted                      # the small pool did force preemptions
     assert len({s.request.adapter for s in engine.finished}) == 3
-    differing, gap = mp.compare_with_alone(engine, expected)
+    differing, gap = mp.compare_with_alone(engine, expected, list(expected))
     assert differing == 0 and gap < 1e-12
     assert engine.pool.accounting_errors() == 0
     assert engine.worst_waste < 1
@@ -201,7 +201,8 @@ def test_prefix_sharing_saves_and_copies_the_derived_counts(served):
     # 2 groups of 3, prefix of 5 positions, blocks of 4: (3 - 1) * floor(5 / 4) each
     assert unshared.blocks_in_use[1] - shared.blocks_in_use[1] == 2 * 2 * 1
     assert shared.cow_copies == 2 * 2 and unshared.cow_copies == 0
-    differing, gap = mp.compare_with_alone(shared, alone(weights, adapters, requests))
+    differing, gap = mp.compare_with_alone(shared, alone(weights, adapters, requests),
+                                           [r.rid for r in requests])
     assert differing == 0 and gap < 1e-12
 
 
@@ -225,7 +226,7 @@ def test_the_wrong_adapter_breaks_the_tokens(served, monkeypatch):
 
     monkeypatch.setattr(mp, "batched_forward", first_adapter_for_all)
     engine = mp.serve(weights, adapters, requests, BOS, 40, 5)
-    differing, gap = mp.compare_with_alone(engine, expected)
+    differing, gap = mp.compare_with_alone(engine, expected, list(expected))
     assert gap > 1e-3 and differing > 0
 
 
@@ -240,9 +241,26 @@ def test_no_reference_count_breaks_the_pool(served, monkeypatch):
 
     monkeypatch.setattr(mp.BlockPool, "release", release_without_count)
     engine = mp.serve(weights, adapters, requests, BOS, 12, 6)
-    differing, gap = mp.compare_with_alone(engine, expected)
+    differing, gap = mp.compare_with_alone(engine, expected, list(expected))
     assert engine.pool.accounting_errors() > 0
     assert gap > 1e-3 or differing > 0
+
+
+def test_a_lost_request_counts_all_its_tokens(served):
+    _, weights, adapters = served
+    requests = trace(random.Random(5))
+    expected = alone(weights, adapters, requests)
+    engine = mp.serve(weights, adapters, requests, BOS, 40, 5)
+    engine.finished.pop()   # as if the server had dropped one request
+    differing, _ = mp.compare_with_alone(engine, expected, list(expected))
+    assert differing > 0
+
+
+def test_a_pool_too_small_for_one_request_stops_with_a_message(served):
+    _, weights, adapters = served
+    requests = [mp.Request(0, [BOS, 1, 2, 3, 4, 5, 6, 7, 8], 0, 2, 2, 0)]
+    with pytest.raises(SystemExit, match="raise NUM_BLOCKS"):
+        mp.serve(weights, adapters, requests, BOS, 2, 2)
 
 
 def test_quick_run_passes_every_row(monkeypatch, tmp_path, capsys):
