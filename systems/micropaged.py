@@ -2,16 +2,17 @@
 
 A server does not generate one name at a time. Requests arrive in a stream, each with its own
 prompt, its own output length and, here, its own LoRA adapter on the one shared base model.
-Four ideas decide how many of them one model can serve:
+Five ideas decide how many of them one model can serve:
 
     continuous batching   a finished request's place in the batch is refilled at the next
                           model step, instead of the batch waiting for its longest member
     a paged cache         keys and values live in fixed-size blocks found through a block
                           table, drawn from one shared pool (systems/microkv.py built one)
     preemption            when the pool runs dry, the newest request gives its blocks back
-                          and is recomputed later; prefix sharing: requests with a common
-                          prompt prefix map the same blocks (reference counts say who still
-                          reads a block), and copy one only when they write to it
+                          and is recomputed later, when there is room again
+    prefix sharing        requests with a common prompt prefix map the same blocks;
+                          reference counts say who still reads a block, and a shared block
+                          is copied only when one of them writes to it (copy-on-write)
     multi-adapter LoRA    one batched forward pass applies each request's own adapter
 
     train a tiny GPT and three rank-2 adapters (Value autograd) -> plain floats
@@ -919,8 +920,9 @@ class Engine:
 # GPU: one matrix product for the whole batch, the part that batching makes cheap); then each
 # row gets its own adapter's low-rank term, looked up by the row's adapter id:
 #     Y = X W0 + [(alpha / r) B_a(i) A_a(i) x_i  for each row i]
-# This gather of per-row adapters is what Punica's kernels (SGMV, and BGMV, which vLLM's
-# multi-LoRA support uses) and S-LoRA's do on the GPU; here it is a loop over rows.
+# This gather of per-row adapters is what Punica's kernels (SGMV and BGMV) and S-LoRA's do on
+# the GPU; vLLM's multi-LoRA support started from Punica's BGMV kernel, and its LoRA layers
+# still call their kernels through a "punica_wrapper". Here it is a loop over rows.
 # Attention then reads, for each row, its own sequence's keys and values through its block
 # table, up to its own position (causal), exactly the entries a sequence served alone sees.
 # Signpost: Orca batches the non-attention operations of all rows and runs attention per
