@@ -528,8 +528,9 @@ def merged_weights(weights, adapter):
     return merged
 
 
-def reference_logits(weights, tokens):
-    """Logits at every position of `tokens`, from the formulas (no cache)."""
+def reference_logits(weights, tokens, last_only=False):
+    """Logits at every position of `tokens` (or, with last_only, at the last one), from the
+    formulas (no cache)."""
     d, n = N_EMBD // N_HEAD, len(tokens)
 
     def rms(vector):    # x / sqrt(mean(x^2) + eps)
@@ -546,16 +547,20 @@ def reference_logits(weights, tokens):
                                                                 "fc1", "fc2")}
         normed = [rms(x_i) for x_i in x]
         q, k, v = ([times(w[name], h) for h in normed] for name in ("wq", "wk", "wv"))
-        heads = [[] for _ in range(n)]
+        # Every position's keys and values are needed; the outputs only where something
+        # reads them: every position below the last layer, the last one in the last layer
+        # when only the next token's logits are asked for (serving alone needs no more).
+        rows = [n - 1] if last_only and layer == N_LAYER - 1 else list(range(n))
+        heads = {i: [] for i in rows}
         for c0 in range(0, N_EMBD, d):
-            for i in range(n):
+            for i in rows:
                 scores = [sum(q[i][c] * k[j][c] for c in range(c0, c0 + d)) / math.sqrt(d)
                           if j <= i else -math.inf for j in range(n)]
                 top = max(scores)
                 e = [math.exp(score - top) for score in scores]
                 heads[i] += [sum(e[j] * v[j][c] for j in range(n)) / sum(e)
                              for c in range(c0, c0 + d)]
-        x = [[a + r for a, r in zip(times(w["wo"], heads[i]), x[i])] for i in range(n)]
+        x = [[a + r for a, r in zip(times(w["wo"], heads[i]), x[i])] for i in rows]
         x = [[m + r for m, r in zip(times(w["fc2"], [max(0.0, u) for u in
                                                      times(w["fc1"], rms(x_i))]), x_i)]
              for x_i in x]
@@ -566,7 +571,7 @@ def serve_alone(weights, request, bos):
     """Greedy generation for one request: (generated tokens, logits of each step)."""
     tokens, generated, logits_seen = list(request.prompt), [], []
     while True:
-        logits = reference_logits(weights, tokens)[-1]
+        logits = reference_logits(weights, tokens, last_only=True)[0]
         token = next_token(logits, len(generated), request, bos)
         generated.append(token)
         logits_seen.append(logits)

@@ -131,6 +131,8 @@ def test_batched_forward_equals_value_forward_with_adapter(served):
     reference = mp.reference_logits(mp.merged_weights(weights, adapters[1]), tokens)
     assert max(abs(a - b) for got, want in zip(reference, expected)
                for a, b in zip(got, want)) < 1e-12
+    last = mp.reference_logits(mp.merged_weights(weights, adapters[1]), tokens, last_only=True)
+    assert last == [reference[-1]]
 
 
 def test_merging_a_zero_adapter_changes_nothing(served):
