@@ -572,7 +572,10 @@ def serve_alone(weights, request, bos):
     tokens, generated, logits_seen = list(request.prompt), [], []
     while True:
         logits = reference_logits(weights, tokens, last_only=True)[0]
-        token = next_token(logits, len(generated), request, bos)
+        # The same rule as next_token(), written separately: the best token by logit (ties
+        # to the lowest id), skipping the end token until min_new tokens are out
+        ranked = sorted(range(len(logits)), key=lambda t: (-logits[t], t))
+        token = next(t for t in ranked if t != bos or len(generated) >= request.min_new)
         generated.append(token)
         logits_seen.append(logits)
         if token == bos or len(generated) == request.max_new:
