@@ -111,7 +111,8 @@ def init_model(kind, forget_bias=FORGET_BIAS):
         # Forget-gate bias 1: at the start every unit keeps sigmoid(1) = 0.73 of its cell per
         # step instead of sigmoid(0) = 0.5. Over 20 steps that is 0.73^20 = 1.8e-3 of the
         # first write left against 0.5^20 = 9.5e-7: memory starts out possible, and training
-        # learns where to forget (Gers et al. 2000 suggested starting it positive too).
+        # learns where to forget. Signpost: PyTorch's nn.LSTM initialises every weight and
+        # bias from U(-1/sqrt(hidden), 1/sqrt(hidden)); a forget bias of 1 is set by hand.
         model["b_f"] = [forget_bias] * N_HIDDEN
     model["W_hy"] = matrix(NUM_LETTERS, N_HIDDEN)
     model["b_y"] = [0.0] * NUM_LETTERS
@@ -184,8 +185,8 @@ def lstm_step(model, state, token):
     # h_t = o_t * tanh(c_t): what the rest of the network (and the next step's gates) sees
     h_new = [o_j * t_j for o_j, t_j in zip(o, tanh_c)]
     # Signpost: PyTorch's nn.LSTM computes the same four gates (in the order i, f, g, o) with
-    # two bias vectors per gate (b_ih and b_hh, which add up to one), and stacks the gates'
-    # matrices into one (4 * hidden) x input matrix so that a single matmul computes them all.
+    # two bias vectors per gate (b_ih and b_hh, which only ever enter as their sum), and
+    # stores the four gates' weights stacked, as one (4 * hidden) x input matrix.
     return (h_new, c_new), (token, h, c, i, f, g, o, tanh_c)
 
 
@@ -519,14 +520,13 @@ def main():
         print(f"  {label:<14}" + "".join(f"{row[d]:>7.3f}" for d in EVAL_DELAYS))
 
     # 4. Gradient flow at the longest delay, trained and untrained.
-    probes = eval_sets[MAX_DELAY][:NUM_PROBE] if MAX_DELAY in eval_sets else \
-        [make_example(eval_rng, MAX_DELAY) for _ in range(NUM_PROBE)]
+    long = max(EVAL_DELAYS)
+    probes = eval_sets[long][:NUM_PROBE]
     profiles = {label: gradient_profile(model, kind, probes)
                 for label, (model, kind) in models.items()}
     fresh = {label: gradient_profile(initial[label], kind, probes)
              for label, (kind, _) in runs.items()}
-    length = MAX_DELAY + 2
-    print(f"\nGradient flow at delay {MAX_DELAY} (T = {length} steps): ||dL/dstate_t|| / "
+    print(f"\nGradient flow at delay {long} (T = {long + 2} steps): ||dL/dstate_t|| / "
           f"||dL/dstate_T|| for the loss on the answer, mean over {len(probes)} held-out "
           "sequences; the state is c_t for the LSTM, h_t for the others (log scale)")
     shown = {"RNN": profiles["RNN"], "GRU": profiles["GRU"], "LSTM": profiles["LSTM"]}
@@ -535,7 +535,6 @@ def main():
         print(f"  {label:<14} step 1 / step T: trained {profiles[label][0]:.2e}, "
               f"untrained {fresh[label][0]:.2e}")
 
-    long = MAX_DELAY
     print(f"\nForget-gate bias 1 against 0: accuracy at delay {long} "
           f"{table['LSTM'][long]:.3f} against {table['LSTM (b_f=0)'][long]:.3f}; untrained "
           f"gradient at step 1 {fresh['LSTM'][0]:.1e} against {fresh['LSTM (b_f=0)'][0]:.1e}")
