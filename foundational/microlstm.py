@@ -20,13 +20,21 @@ accuracy and the gradient along the state, step by step:
        -> RNN | GRU | LSTM (forward and backward derived by hand, on plain floats)
        -> Adam -> accuracy per delay, ||dL/dc_t|| per step, forget-gate bias 1 against 0
 
+What the default run shows: trained on delays 1 to 20, the LSTM and the GRU answer every
+held-out sequence right at delay 20, while the plain RNN stays near chance (0.21 to 0.32,
+chance 0.25) at every delay, even 2. The RNN is not unable to hold a letter: trained on delays 1 to
+5 only, it scores 1.000 at delay 10 and 0.775 at 20 (challenge 1). What it cannot do is
+learn from the long sequences, where the share of the answer's gradient that reaches the
+first step is 8.6e-7 before training. In the untrained LSTM the same share, along the cell,
+is 2.7e-2 with the forget-gate bias at 1 and 1.4e-4 with it at 0.
+
 Attribution: the LSTM of Hochreiter and Schmidhuber (1997, "Long Short-Term Memory"), whose
 experiments include this kind of task (a first symbol to be recalled after a long noisy lag);
 the forget gate of Gers, Schmidhuber and Cummins (2000, "Learning to Forget"); the forget-gate
 bias of 1 recommended by Jozefowicz, Zaremba and Sutskever (2015, "An Empirical Exploration of
 Recurrent Network Architectures"); the GRU of Cho et al. (2014), as in micrornn.py.
 
-Run: python foundational/microlstm.py    (about 25 s on the 2-core CI machine)
+Run: python foundational/microlstm.py    (about 15 s on the 2-core CI machine)
 """
 import copy
 import math
@@ -372,6 +380,8 @@ def adam_step(model, grads, adam_m, adam_v, step):
 
 
 def train(model, kind, label, start):
+    # A fresh generator from the same seed for every model: the same sequences, in the same
+    # order, so that the cells are the only difference between the runs.
     data = random.Random(DATA_SEED)
     adam_m, adam_v = zeros_like(model), zeros_like(model)
     losses = []
@@ -404,6 +414,8 @@ def steps_to_learn(losses):
 
 
 def accuracy(model, kind, examples):
+    # The answer is the letter with the highest score; the query step's logits are the only
+    # ones read, as in training.
     hits = 0
     for tokens, target in examples:
         logits = forward(model, kind, tokens)[0]
@@ -491,6 +503,8 @@ def main():
           f"{MAX_DELAY}; chance accuracy 1/{NUM_LETTERS} = {1 / NUM_LETTERS:.2f}")
 
     # 1. The backward passes against finite differences, before anything is trained on them.
+    # A wrong derivative still trains something (often worse, sometimes not visibly), so
+    # the check comes first and is a row of the criteria table.
     check_rng = random.Random(EVAL_SEED + 1)
     check_errors = {kind: backward_check(kind, check_rng) for kind in ("rnn", "gru", "lstm")}
     print("Backward pass vs finite differences, every parameter (largest gap / largest "
@@ -508,6 +522,8 @@ def main():
         models[label] = (model, kind)
 
     # 3. The sweep: accuracy at each delay, on the same held-out sequences for every model.
+    # Every model trained on all delays up to MAX_DELAY at once, so a row of the table is one
+    # model tested at several delays, not several models.
     eval_rng = random.Random(EVAL_SEED)
     eval_sets = {d: [make_example(eval_rng, d) for _ in range(EVAL_EXAMPLES)]
                  for d in EVAL_DELAYS}
@@ -529,6 +545,8 @@ def main():
     print(f"\nGradient flow at delay {long} (T = {long + 2} steps): ||dL/dstate_t|| / "
           f"||dL/dstate_T|| for the loss on the answer, mean over {len(probes)} held-out "
           "sequences; the state is c_t for the LSTM, h_t for the others (log scale)")
+    # What to look for: the RNN's bars shrink by orders of magnitude towards step 1 (in the
+    # default run 9.1e-6 is left there); the LSTM's, measured along its cell, far less.
     shown = {"RNN": profiles["RNN"], "GRU": profiles["GRU"], "LSTM": profiles["LSTM"]}
     print(gradient_bars(shown))
     for label in runs:
