@@ -67,6 +67,8 @@ QUICK_SETTINGS = {
     "microprune": {"NUM_STEPS": 3, "FINETUNE_STEPS": 2, "EVAL_NAMES": 10, "RANDOM_MASKS": 1},
     "microssm": {"NUM_STEPS": 3, "BATCH": 2, "EVAL_EXAMPLES": 10, "LOG_EVERY": 1},
     "micropaged": {"NUM_STEPS": 2, "ADAPTER_STEPS": 2, "NUM_REQUESTS": 10},
+    "microlstm": {"NUM_STEPS": 2, "BATCH_SIZE": 2, "EVAL_EXAMPLES": 5, "NUM_PROBE": 3,
+                  "MAX_DELAY": 5, "EVAL_DELAYS": (2, 5), "LOG_EVERY": 1},
 }
 
 
