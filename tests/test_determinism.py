@@ -66,6 +66,8 @@ QUICK_SETTINGS = {
                           "HNSW_EF_SWEEP": (10,), "HNSW_EF_CRITERION": 10},
     "microprune": {"NUM_STEPS": 3, "FINETUNE_STEPS": 2, "EVAL_NAMES": 10, "RANDOM_MASKS": 1},
     "microssm": {"NUM_STEPS": 3, "BATCH": 2, "EVAL_EXAMPLES": 10, "LOG_EVERY": 1},
+    "microgan": {"NUM_DATA": 100, "NUM_REFERENCE": 100, "NUM_STEPS": 4, "BATCH_SIZE": 8,
+                 "D_WARMUP_STEPS": 3, "NUM_GRAD_NOISE": 16, "NUM_SAMPLES": 30, "LOG_EVERY": 2},
 }
 
 
