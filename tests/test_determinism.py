@@ -69,6 +69,8 @@ QUICK_SETTINGS = {
     "micropaged": {"NUM_STEPS": 2, "ADAPTER_STEPS": 2, "NUM_REQUESTS": 10},
     "microlstm": {"NUM_STEPS": 2, "BATCH_SIZE": 2, "EVAL_EXAMPLES": 5, "NUM_PROBE": 3,
                   "MAX_DELAY": 5, "EVAL_DELAYS": (2, 5), "LOG_EVERY": 1},
+    "microgan": {"NUM_DATA": 100, "NUM_REFERENCE": 100, "NUM_STEPS": 4, "BATCH_SIZE": 8,
+                 "D_WARMUP_STEPS": 3, "NUM_GRAD_NOISE": 16, "NUM_SAMPLES": 30, "LOG_EVERY": 2},
 }
 
 
