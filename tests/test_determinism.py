@@ -66,6 +66,8 @@ QUICK_SETTINGS = {
                           "HNSW_EF_SWEEP": (10,), "HNSW_EF_CRITERION": 10},
     "microprune": {"NUM_STEPS": 3, "FINETUNE_STEPS": 2, "EVAL_NAMES": 10, "RANDOM_MASKS": 1},
     "microssm": {"NUM_STEPS": 3, "BATCH": 2, "EVAL_EXAMPLES": 10, "LOG_EVERY": 1},
+    "micropositions": {"NUM_STEPS": 3, "MARKER_STEPS": 3, "EVAL_STRINGS": 5, "LONG_STRINGS": 3,
+                       "LOG_EVERY": 1},
 }
 
 
