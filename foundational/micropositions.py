@@ -612,17 +612,22 @@ def accuracy_by_position(results, names, first, last):
 
 def show_attention(model, positions, tokens):
     # In the run the learned model's map loses its diagonal past row 8: rows 9-16 of its
-    # table were never trained, and the weight spreads over many keys. RoPE's map keeps the
-    # key two back on some of those rows and spreads on others.
-    # Attention of the head that looks furthest back, at each labelled position of one long
-    # string: the row for position t should light up at column t - 2.
+    # table were never trained, and the weight spreads over many keys. RoPE's map keeps @
+    # on rows 10 and 13-16; on rows 9, 11 and 12 the weight goes to the key 8 back instead.
+    # Its fast channel pair turns 1 radian per position, and 8 - 2 = 6 radians is almost a
+    # full turn (2 pi = 6.28): seen through that pair, 8 back looks like 2 back, and only
+    # the slow pair (0.01 radians per position) tells them apart, barely.
+    # The head shown is the one that puts the most weight on the key two back at the
+    # positions the models trained on (3-8): the "echo head", if the model has one.
     _, attention = forward(model, tokens, positions, echo_label)
+    rows = list(zip(range(LAG + 1, len(tokens)), attention))
     head = max(range(N_HEAD), key=lambda h: sum(
-        sum(w * (len(row[h]) - 1 - j) for j, w in enumerate(row[h])) for row in attention))
+        row[h][t - LAG] for t, row in rows if t <= TRAIN_LENGTHS[1]))
     shades = " .:-=+*#"
-    print(f"\n  {positions}: head {head}'s attention on a {len(tokens) - 1}-letter string "
-          f"(row = query t, column = key; t - 2 shows @ with half the weight or more, else o):")
-    for t, row in zip(range(LAG + 1, len(tokens)), attention):
+    print(f"\n  {positions}: head {head}'s attention on a {len(tokens) - 1}-letter string; row ="
+          f" query t, column = key.\n  The key t - 2 shows @ with half the weight or more, "
+          f"else o; other keys '{shades}' for 0 to 1 in eighths:")
+    for t, row in rows:
         cells = "".join(("@" if w >= 0.5 else "o") if j == t - LAG else shades[min(7, int(w * 8))]
                         for j, w in enumerate(row[head]))
         print(f"  {t:3d} |{cells}")
