@@ -71,6 +71,8 @@ QUICK_SETTINGS = {
                   "MAX_DELAY": 5, "EVAL_DELAYS": (2, 5), "LOG_EVERY": 1},
     "microgan": {"NUM_DATA": 100, "NUM_REFERENCE": 100, "NUM_STEPS": 4, "BATCH_SIZE": 8,
                  "D_WARMUP_STEPS": 3, "NUM_GRAD_NOISE": 16, "NUM_SAMPLES": 30, "LOG_EVERY": 2},
+    "micropositions": {"NUM_STEPS": 3, "MARKER_STEPS": 3, "EVAL_STRINGS": 5, "LONG_STRINGS": 3,
+                       "LOG_EVERY": 1},
 }
 
 
