@@ -25,7 +25,7 @@ against finite differences): a run makes about 360,000 passes of a point through
 the two networks, far too many for a scalar autograd graph (one generator step of 32 points
 took 47 ms with microgpt's Value class and its fused dot product, 3.6 ms here).
 
-Run: python foundational/microgan.py    (about 20 s of CPU on the 2-core CI machine)
+Run: python foundational/microgan.py    (about 20 s on the 2-core CI machine)
 """
 import bisect
 import math

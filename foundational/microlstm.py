@@ -34,7 +34,7 @@ the forget gate of Gers, Schmidhuber and Cummins (2000, "Learning to Forget"); t
 bias of 1 recommended by Jozefowicz, Zaremba and Sutskever (2015, "An Empirical Exploration of
 Recurrent Network Architectures"); the GRU of Cho et al. (2014), as in micrornn.py.
 
-Run: python foundational/microlstm.py    (about 15 s on the 2-core CI machine)
+Run: python foundational/microlstm.py    (about 14 s on the 2-core CI machine)
 """
 import copy
 import math

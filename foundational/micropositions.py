@@ -28,7 +28,7 @@ is what ALiBi encodes, and it is where ALiBi is compared with no positions.
 The run checks RoPE's defining property apart from any training: the score between a query
 rotated to position m and a key rotated to position n depends only on m - n (to 1e-12).
 
-Run: python foundational/micropositions.py    (about 31 s of CPU on the 2-core CI machine)
+Run: python foundational/micropositions.py    (about 22 s on the 2-core CI machine)
 """
 import cmath
 import gc

@@ -22,7 +22,7 @@ batch of vectors); Python frees nothing and gains nothing in speed or bytes from
 clock is counted in layer evaluations. Real systems (PyTorch's torch.utils.checkpoint,
 Megatron-LM's activation recomputation) do the same bookkeeping on GPU tensors.
 
-Run: python systems/microcheckpoint.py    (about 2.5 s on the 2-core CI machine)
+Run: python systems/microcheckpoint.py    (about 2 s on the 2-core CI machine)
 """
 import math
 import operator

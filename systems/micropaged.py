@@ -32,7 +32,7 @@ vLLM's PagedAttention paper (Kwon et al., SOSP 2023); serving many LoRA adapters
 2021) in one batch follows Punica (Chen et al., 2023) and S-LoRA (Sheng et al., 2023). The
 model is Karpathy's microgpt shape (foundational/microgpt.py).
 
-Run: python systems/micropaged.py    (about 8 s on the 2-core CI machine)
+Run: python systems/micropaged.py    (about 6 s on the 2-core CI machine)
 """
 import gc
 import hashlib

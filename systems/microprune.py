@@ -29,7 +29,7 @@ below and checked against finite differences in tests/test_microprune.py. Weight
 zeroed and rounded in ordinary Python lists: nothing here gets faster or smaller in memory,
 the script only measures what a sparse or low-bit kernel would have to store.
 
-Run: python systems/microprune.py    (about 26 s of CPU; budget 45 s on the 2-core CI machine)
+Run: python systems/microprune.py    (about 24 s on the 2-core CI machine)
 """
 import hashlib
 import math

@@ -30,7 +30,7 @@ Parameterization and Initialization of Diagonal State Space Models"); Mamba and 
 copying task (Gu and Dao, 2023, "Mamba: Linear-Time Sequence Modeling with Selective State
 Spaces"); the parallel scan (Blelloch, 1990, "Prefix Sums and Their Applications").
 
-Run: python systems/microssm.py    (about 18 s on the 2-core CI machine)
+Run: python systems/microssm.py    (about 15 s on the 2-core CI machine)
 """
 import cmath
 import math

@@ -23,7 +23,7 @@ Attribution: the inverted file and product quantisation follow Jegou, Douze and 
 HNSW, "Efficient and robust approximate nearest neighbor search using Hierarchical Navigable
 Small World graphs" (2018). The embeddings are the hashing trick of microembedding, untrained.
 
-Run: python systems/microvectorsearch.py    (about 6 s on the 2-core CI machine)
+Run: python systems/microvectorsearch.py    (about 4 s on the 2-core CI machine)
 """
 import hashlib
 import heapq
