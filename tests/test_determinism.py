@@ -73,6 +73,7 @@ QUICK_SETTINGS = {
                  "D_WARMUP_STEPS": 3, "NUM_GRAD_NOISE": 16, "NUM_SAMPLES": 30, "LOG_EVERY": 2},
     "micropositions": {"NUM_STEPS": 3, "MARKER_STEPS": 3, "EVAL_STRINGS": 5, "LONG_STRINGS": 3,
                        "LOG_EVERY": 1},
+    "microconv": {"NUM_TRAIN": 20, "NUM_TEST": 10, "NUM_EPOCHS": 1, "GRAD_CHECK_EXAMPLES": 1},
 }
 
 
