@@ -22,7 +22,7 @@ All gradients are derived by hand on plain floats (the tests check every one aga
 differences): a scalar autograd graph of one conv layer on one image would have thousands of
 nodes, and the run makes tens of thousands of passes.
 
-Run: python foundational/microconv.py
+Run: python foundational/microconv.py    (about 5 s on the 2-core CI machine)
 """
 import math
 import operator
@@ -78,6 +78,8 @@ GLYPH_STROKES = {
 
 def glyph_pixels(digit, bold):
     """The inked (x, y) cells of a digit's strokes, on its own small grid."""
+    # Each stroke is sampled at half-pixel steps and rounded, so a diagonal (the 7) becomes
+    # a staircase of cells with no gaps; a set keeps shared corners from being drawn twice.
     cells = set()
     for (x0, y0), (x1, y1) in GLYPH_STROKES[digit]:
         steps = 2 * max(abs(x1 - x0), abs(y1 - y0))
@@ -91,6 +93,8 @@ def glyph_pixels(digit, bold):
 
 def make_glyph(digit, rng, shifted):
     """One GLYPH_SIZE x GLYPH_SIZE image (a flat row-major list) of a digit."""
+    # Draw order matters for reproducibility: bold, then the shift, then ink and noise, so a
+    # shifted glyph and a centred glyph from the same generator state are the same glyph.
     bold = rng.random() < GLYPH_BOLD
     cells = glyph_pixels(digit, bold)
     width, height = (4 if bold else 3), 5
@@ -106,6 +110,8 @@ def make_glyph(digit, rng, shifted):
             if (dx, dy) != (0, 0) and inside:
                 break
         left, top = left + dx, top + dy
+    # Faint and strong strokes, and noise on every pixel, so that no single pixel's value
+    # gives the digit away and a model has to read the shape.
     ink = rng.uniform(0.6, 1.0)
     image = [rng.gauss(0.0, GLYPH_NOISE) for _ in range(GLYPH_SIZE * GLYPH_SIZE)]
     for x, y in cells:
@@ -115,6 +121,8 @@ def make_glyph(digit, rng, shifted):
 
 def make_glyphs(n, stream, shifted=False):
     """n (image, digit) pairs, the digits in random order; stream picks the generator."""
+    # Streams: 0 training, 1 centred test, 2 shifted test. A new stream is a new set of
+    # glyphs, so a held-out glyph is never a training glyph with another label.
     rng = random.Random(GLYPH_SEED + stream)
     data = []
     for _ in range(n):
@@ -125,6 +133,7 @@ def make_glyphs(n, stream, shifted=False):
 
 def render(images, labels=None):
     """Images side by side in ASCII, darker characters for more ink."""
+    # Ten shades from blank to full ink; noise below 0 shows as blank, ink above 1 as @.
     shades = " .:-=+*#%@"
     lines = []
     if labels is not None:
@@ -176,13 +185,15 @@ def conv2d_sliding(image, size, kernel, bias, padding, stride):
 # its convolutions: the index of each patch pixel is worked out once per shape, and a
 # dot product of two lists is the fastest thing plain Python does.
 # Signpost: unrolling a convolution into a matrix product is Chellapilla et al. 2006, and
-# cuDNN (Chetlur et al. 2014) computes convolutions as matrix products on the GPU without
-# storing the unfolded matrix; torch.nn.functional.unfold exposes the unfold step itself.
+# cuDNN (Chetlur et al. 2014) lowers convolutions to matrix products on the GPU too;
+# torch.nn.functional.unfold exposes the unfold step itself.
 _PATCH_INDEX = {}
 
 
 def patch_index(size, kernel, padding, stride):
     """For each output position, the image index of each of its k*k patch pixels (-1 = pad)."""
+    # Padding costs nothing here: a pixel outside the image is index -1, which unfold reads
+    # as 0. Signpost: PyTorch's Conv2d pads with zeros by default (padding_mode="zeros").
     key = (size, kernel, padding, stride)
     if key not in _PATCH_INDEX:
         out_size = conv_out_size(size, kernel, padding, stride)
@@ -231,6 +242,9 @@ def conv2d_backward(patches, kernels, dout, size, padding, stride, input_grad=Tr
     k = math.isqrt(len(kernels[0]))
     d_input = [0.0] * (size * size)
     index = patch_index(size, k, padding, stride)
+    # Fold: every patch pixel sends its gradient back to the image pixel it was read from;
+    # with overlapping patches a pixel collects from up to k*k of them. Padding cells (-1)
+    # were constants, so their gradient is dropped.
     for p, row in enumerate(index):
         grads_here = [d[p] for d in dout]
         for t, pixel in enumerate(row):
@@ -245,8 +259,8 @@ def conv2d_backward(patches, kernels, dout, size, padding, stride, input_grad=Tr
 # Its gradient is a switch: only the position that was the maximum affected the output, so
 # dact[argmax] = dpooled[c] and the other three positions get 0. A feature that moves inside
 # its window leaves the pooled value unchanged: that is the small translation invariance
-# pooling buys. Signpost: later CNNs often replace pooling by a strided convolution (ResNet
-# downsamples with stride-2 convolutions and ends with one global average pool).
+# pooling buys. Signpost: later CNNs often downsample with strided convolutions instead
+# (ResNet does most of its downsampling that way and ends with a global average pool).
 
 def pool_windows(size):
     """The four flat indices of each 2x2 window of a size x size map, row by row."""
@@ -256,6 +270,7 @@ def pool_windows(size):
 
 def max_pool(act, windows):
     """(pooled, argmax): the max of each window, and which index it came from."""
+    # The argmax is remembered: the backward pass needs to know which position won.
     pooled, argmax = [], []
     for window in windows:
         best = max(window, key=act.__getitem__)
@@ -289,6 +304,8 @@ def init_rows(n_rows, fan_in, std=None):
 
 
 def init_cnn():
+    # The head reads 96 pooled features, so std sqrt(1/96) keeps its logits of order 1 at the
+    # start (no ReLU follows it, so no factor 2).
     out_size = conv_out_size(GLYPH_SIZE, KERNEL, PADDING, STRIDE)
     num_features = NUM_FILTERS * (out_size // 2) ** 2
     return {"kernels": init_rows(NUM_FILTERS, KERNEL * KERNEL),
@@ -316,6 +333,10 @@ def zeros_like(model):
     return {name: [[0.0] * len(row) for row in rows] for name, rows in model.items()}
 
 
+# Softmax turns logits into probabilities, p_i = exp(z_i) / sum_j exp(z_j); the loss is
+# small when the right digit's probability is near 1. Its gradient needs no chain of
+# intermediate terms: dL/dz_i = p_i - [i == target], the error of each probability.
+
 def softmax_xent_grad(logits, target):
     """(loss, dL/dlogits) for L = -log softmax(logits)[target]; the max is subtracted first
     so that exp never overflows."""
@@ -331,12 +352,16 @@ def softmax_xent_grad(logits, target):
 def cnn_forward(model, image):
     """(logits, cache) for one image; the cache holds what the backward pass reads."""
     mul = operator.mul
+    # The conv layer is the unfolded form: 64 patches of 9 pixels, one dot product per
+    # kernel and patch. The same 9 weights meet every patch: that is weight sharing.
     patches = unfold(image, GLYPH_SIZE, KERNEL, PADDING, STRIDE)
     pre = conv2d_unfold(patches, model["kernels"], model["conv_bias"][0])
     out_size = conv_out_size(GLYPH_SIZE, KERNEL, PADDING, STRIDE)
     windows = pool_windows(out_size)
     features, argmaxes = [], []
     for channel in pre:
+        # ReLU before pooling; the order does not change the output (max and ReLU commute),
+        # but the argmax must index the map the gradient flows back through.
         pooled, argmax = max_pool([a if a > 0.0 else 0.0 for a in channel], windows)
         features += pooled
         argmaxes.append(argmax)
@@ -348,6 +373,8 @@ def cnn_forward(model, image):
 def cnn_backward(model, cache, dlogits, grads):
     """Add this example's gradient into grads (same layout as the model)."""
     patches, pre, argmaxes, features = cache
+    # Head: logits = W features + c, so dW = dlogits features^T, dc = dlogits and
+    # dfeatures = W^T dlogits (one dot product per column of W).
     for grow, d in zip(grads["head"], dlogits):
         grow[:] = [g + d * f for g, f in zip(grow, features)]
     grads["head_bias"][0][:] = [g + d for g, d in zip(grads["head_bias"][0], dlogits)]
@@ -362,6 +389,8 @@ def cnn_backward(model, cache, dlogits, grads):
                                   out_size)
         # ReLU passes the gradient where its input was positive and blocks it elsewhere.
         d_pre.append([g if a > 0.0 else 0.0 for g, a in zip(d_act, channel)])
+    # The conv layer reads the image, so its input gradient would go nowhere: skip it.
+    # (A second conv layer would need it, and the run checks it on its own for that reason.)
     d_kernels, d_biases, _ = conv2d_backward(patches, model["kernels"], d_pre, GLYPH_SIZE,
                                              PADDING, STRIDE, input_grad=False)
     for grow, d in zip(grads["kernels"], d_kernels):
@@ -370,6 +399,8 @@ def cnn_backward(model, cache, dlogits, grads):
 
 
 def mlp_forward(model, image):
+    # Every hidden unit has its own weight for each of the 64 pixels: nothing it learns
+    # about a stroke at one place carries over to the same stroke one pixel away.
     mul = operator.mul
     hidden = [b + sum(map(mul, row, image)) for row, b in zip(model["w1"], model["b1"][0])]
     hidden = [h if h > 0.0 else 0.0 for h in hidden]
@@ -378,6 +409,9 @@ def mlp_forward(model, image):
 
 
 def mlp_backward(model, cache, dlogits, grads):
+    # The same chain rule as the CNN's head, twice: dW2 = dlogits h^T, dh = W2^T dlogits
+    # masked by ReLU, dW1 = dh image^T. A unit that was off gets no gradient, so its row of
+    # W1 is skipped.
     image, hidden = cache
     for grow, d in zip(grads["w2"], dlogits):
         grow[:] = [g + d * h for g, h in zip(grow, hidden)]
@@ -397,6 +431,8 @@ MODELS = {"CNN": (init_cnn, cnn_forward, cnn_backward),
 
 def batch_gradients(kind, model, batch):
     """(mean loss, gradient of the mean loss) over a batch of (image, digit) pairs."""
+    # Each example's dlogits is divided by the batch size before the backward pass, so the
+    # accumulated gradient is that of the mean loss, the quantity Adam steps on.
     _, forward, backward = MODELS[kind]
     grads = zeros_like(model)
     total = 0.0
@@ -409,6 +445,7 @@ def batch_gradients(kind, model, batch):
 
 
 def accuracy(kind, model, data):
+    # The prediction is the digit with the largest logit (softmax does not change the order).
     forward = MODELS[kind][1]
     correct = 0
     for image, digit in data:
@@ -421,6 +458,9 @@ def accuracy(kind, model, data):
 # Per parameter, with g = gradient and s = step number (Kingma and Ba 2015):
 #     m = b1 m + (1 - b1) g       v = b2 v + (1 - b2) g^2
 #     p -= lr * (m / (1 - b1^s)) / (sqrt(v / (1 - b2^s)) + eps)
+
+# Adam rescales each parameter's step by its own gradient history, so the head's many small
+# gradients and the kernels' few large ones move at similar rates with one learning rate.
 
 class Adam:
     def __init__(self, model):
@@ -443,6 +483,9 @@ class Adam:
 # === TRAINING ===
 
 def train(kind, model, data, start):
+    # Both models get the same data, the same batches' sizes, the same optimiser and the same
+    # number of steps, so any difference on shifted glyphs comes from the architecture.
+    # (The shuffles differ: the MLP trains after the CNN on the same random stream.)
     adam = Adam(model)
     order = list(range(len(data)))
     steps_per_epoch = len(data) // BATCH_SIZE
@@ -509,6 +552,8 @@ def check_conv_backward(rng):
 
     patches = unfold(image, size, 3, padding, stride)
     d_kernels, d_biases, d_input = conv2d_backward(patches, kernels, r, size, padding, stride)
+    # Every input pixel, every kernel weight, every bias: nothing is sampled, the problem is
+    # small enough to check whole.
     errors = [relative_error(d_input[i], numeric_slope(loss, image, i)) for i in range(len(image))]
     for kern, d_kern in zip(kernels, d_kernels):
         errors += [relative_error(d_kern[i], numeric_slope(loss, kern, i)) for i in range(9)]
@@ -545,8 +590,11 @@ def draw_kernels(kernels):
         for kern in kernels:
             scale = max(abs(w) for w in kern) or 1.0
             cells = kern[y * KERNEL:(y + 1) * KERNEL]
-            row.append(" ".join((positive if w >= 0 else negative)[min(4, round(4 * abs(w) / scale))]
-                                for w in cells))
+            # A kernel is a template: it responds most where the image looks like it, so
+            # @ next to # reads as an edge detector, a row of @ as a bar detector.
+            marks = [(positive if w >= 0 else negative)[min(4, round(4 * abs(w) / scale))]
+                     for w in cells]
+            row.append(" ".join(marks))
         lines.append("    ".join(row))
     return "\n".join(lines)
 
@@ -592,6 +640,8 @@ def main():
     print(render([x for x, _ in shifted_test[:8]], [y for _, y in shifted_test[:8]]))
 
     # --- Convolution two ways: a sliding dot product and a matrix product over patches.
+    # A random image and kernel, not a glyph: the identity must hold for any numbers, and
+    # random values leave no chance of two different pixels being equal by accident.
     rng = random.Random(7)
     probe = [rng.gauss(0.0, 1.0) for _ in range(GLYPH_SIZE * GLYPH_SIZE)]
     kern, bias = [rng.gauss(0.0, 1.0) for _ in range(KERNEL * KERNEL)], rng.gauss(0.0, 1.0)
@@ -611,6 +661,8 @@ def main():
               f"{len(patches[0])}, max |sliding - matmul| {diff:.2e}")
 
     # --- The backward passes against finite differences.
+    # Checked before training, on the freshly initialised CNN, so a wrong gradient is
+    # reported before a minute is spent training with it.
     conv_error = check_conv_backward(random.Random(8))
     cnn = init_cnn()
     cnn_error, checked = check_cnn_backward(cnn, train_set[:GRAD_CHECK_EXAMPLES])
@@ -623,6 +675,8 @@ def main():
           f"{NUM_EPOCHS} epochs of batches of {BATCH_SIZE}, Adam")
     train("CNN", cnn, train_set, start)
     train("MLP", mlp, train_set, start)
+    # The lesson's measurement: both were trained only on centred glyphs. On centred test
+    # glyphs they should be close; on shifted ones the MLP sees pixels it never saw ink on.
     scores = {kind: (accuracy(kind, model, centred_test), accuracy(kind, model, shifted_test))
               for kind, model in (("CNN", cnn), ("MLP", mlp))}
     print(f"\n{'accuracy':<8} {'centred':>8} {'shifted':>8}")
