@@ -20,7 +20,7 @@ et al. 1989/1998 (LeNet) in miniature.
 
 All gradients are derived by hand on plain floats (the tests check every one against finite
 differences): a scalar autograd graph of one conv layer on one image would have thousands of
-nodes, and the run makes tens of thousands of passes.
+nodes, and the run makes over ten thousand passes.
 
 Run: python foundational/microconv.py    (about 5 s on the 2-core CI machine)
 """
