@@ -22,7 +22,7 @@ All gradients are derived by hand on plain floats (the tests check every one aga
 differences): a scalar autograd graph of one conv layer on one image would have thousands of
 nodes, and the run makes over ten thousand passes.
 
-Run: python foundational/microconv.py    (about 5 s on the 2-core CI machine)
+Run: python foundational/microconv.py    (about 4 s on the 2-core CI machine)
 """
 import math
 import operator
