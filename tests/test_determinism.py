@@ -74,6 +74,8 @@ QUICK_SETTINGS = {
     "micropositions": {"NUM_STEPS": 3, "MARKER_STEPS": 3, "EVAL_STRINGS": 5, "LONG_STRINGS": 3,
                        "LOG_EVERY": 1},
     "microconv": {"NUM_TRAIN": 20, "NUM_TEST": 10, "NUM_EPOCHS": 1, "GRAD_CHECK_EXAMPLES": 1},
+    "microresnet": {"NUM_TRAIN": 20, "NUM_TEST": 10, "DEPTHS": (1, 2), "NUM_STEPS": 2,
+                    "GRAD_BATCH": 2, "LOG_EVERY": 1},
 }
 
 
