@@ -186,6 +186,15 @@ def dense(w, b, h):
     return [c + sum(map(mul, row, h)) for row, c in zip(w, b[0])]
 
 
+# Why depth hurts the plain stack: by the chain rule the gradient at the first layer is
+#     dL/dh_0 = J_1^T J_2^T ... J_L^T dL/dh_L,   J_l = diag(1 - a_l^2) W_l
+# a product of L matrices. Each tanh' is at most 1 and W_l starts near an isometry, so the
+# product's size drifts geometrically with L: mostly down, and once a layer saturates
+# (a near +-1, tanh' near 0) it multiplies what passes through by almost nothing.
+# A residual block's Jacobian is I + J_l instead: the identity term carries the gradient to
+# the first layer unchanged however small J_l is. (The sum of the paths can also grow with
+# depth, which the run shows as a larger first-layer gradient in the residual stack.)
+
 def forward(model, image, residual):
     """(logits, cache): the cache keeps each block's input and its output a."""
     tanh = math.tanh
@@ -197,10 +206,15 @@ def forward(model, image, residual):
             a = list(map(tanh, pre))
             out = a
         elif SKIP == "around":
+            # He et al. 2016's identity mapping: nothing is applied after the addition.
             # The identity path: h passes unchanged, the block only adds a correction.
             a = list(map(tanh, pre))
             out = [x + t for x, t in zip(h, a)]
         else:
+            # The nonlinearity after the addition: the identity must pass through tanh' at
+            # every block, so the product is back. (He et al. 2015 put a ReLU after the
+            # addition, which passes positive values unchanged; He et al. 2016 moved it
+            # inside the block to keep the path a pure identity. A tanh squashes it.)
             # The skip joins before the nonlinearity: the sum is squashed at every block.
             a = [tanh(x + p) for x, p in zip(h, pre)]
             out = a
@@ -243,6 +257,9 @@ def backward(model, saved, dlogits, grads, residual):
     grads["b0"][0][:] = [g + d for g, d in zip(grads["b0"][0], dpre)]
 
 
+# Both stacks share one loss and one optimiser; a batch's gradient is the mean of its
+# examples' gradients, so every depth takes steps of the same meaning.
+
 def batch_gradients(model, batch, residual):
     """(mean loss, gradient of the mean loss) over a batch of (image, digit) pairs."""
     grads = zeros_like(model)
@@ -267,12 +284,16 @@ def accuracy(model, data, residual):
     return correct / len(data)
 
 
+# The first-layer gradient norm is the diagnostic: the square root of the sum of squares of
+# dL/dw0 over all 16 x 64 weights of the layer that reads the image.
+
 def grad_norm(rows):
     return math.sqrt(sum(g * g for row in rows for g in row))
 
 
 
 # === LOSS ===
+# As in microconv: softmax cross-entropy, whose gradient in the logits is probs - onehot.
 # Softmax turns logits into probabilities, p_i = exp(z_i) / sum_j exp(z_j); the loss is
 # small when the right digit's probability is near 1. Its gradient needs no chain of
 # intermediate terms: dL/dz_i = p_i - [i == target], the error of each probability.
@@ -317,6 +338,10 @@ class Adam:
 
 
 # === TRAINING ===
+
+# Adam, as in microconv, with a learning rate that decays linearly to 0. Adam rescales each
+# weight's step by its own gradient history, which can hide part of a vanishing gradient;
+# the run shows the deep plain stack failing to train even so.
 
 def train(model, data, residual, label, start):
     # Every model gets the same number of steps on batches drawn from the same stream
@@ -415,6 +440,9 @@ def main():
           f"residual {errors['residual']:.2e} (worst relative error)")
 
     # --- Each depth, each kind: the same initial weights for both kinds at a depth.
+    # A plain and a residual stack of one depth differ only in the skip: same weights at
+    # the start, same batches, same steps. The degradation problem is about the training
+    # loss, so that is what the criteria compare; held-out accuracy is reported beside it.
     rows = {}
     for depth in DEPTHS:
         state = random.getstate()
@@ -435,6 +463,8 @@ def main():
         print(f"{kind:<9}{depth:>6}{g0:>15.2e}{g_mean:>15.2e}{loss:>12.4f}{acc:>14.3f}")
     print(f"done in {time.time() - start:.1f}s")
 
+    # The gradient rows compare the mean first-layer gradient norm over training at the
+    # shallowest and the deepest depth: a ratio, so the scale of the loss cancels.
     low, high = DEPTHS[0], DEPTHS[-1]
     results = {"plain_grad_error": errors["plain"], "residual_grad_error": errors["residual"]}
     for (kind, depth), (g0, g_mean, loss, acc) in rows.items():
