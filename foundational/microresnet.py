@@ -188,11 +188,11 @@ def dense(w, b, h):
 
 # Why depth hurts the plain stack: by the chain rule the gradient at the first layer is
 #     dL/dh_0 = J_1^T J_2^T ... J_L^T dL/dh_L,   J_l = diag(1 - a_l^2) W_l
-# a product of L matrices. Each tanh' is at most 1 and W_l starts by keeping a vector's size
-# on average, so the product's size drifts geometrically with L: mostly down, and once a layer saturates
-# (a near +-1, tanh' near 0) it multiplies what passes through by almost nothing.
-# A residual block's Jacobian is I + J_l instead: the identity term carries the gradient to
-# the first layer unchanged however small J_l is. (The sum of the paths can also grow with
+# a product of L matrices. Each tanh' is at most 1 and W_l starts by keeping a vector's
+# size on average, so the product's size drifts geometrically with L: mostly down, and once
+# a layer saturates (a near +-1, tanh' near 0) it multiplies what passes by almost nothing.
+# A residual block's Jacobian is I + J_l instead: the identity term passes the gradient
+# through each block whole, however small J_l is. (The sum of the paths can also grow with
 # depth, which the run shows as a larger first-layer gradient in the residual stack.)
 
 def forward(model, image, residual):
