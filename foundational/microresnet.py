@@ -23,7 +23,7 @@ All gradients are derived by hand on plain floats, as in microconv (the tests ch
 against finite differences): dense layers of width 16 are small, and the run makes tens of
 thousands of passes.
 
-Run: python foundational/microresnet.py    (about 15 s of CPU on the 2-core CI machine)
+Run: python foundational/microresnet.py    (about 15 s on the 2-core CI machine)
 """
 import math
 import operator
