@@ -557,10 +557,13 @@ def main():
     print(f"{NUM_DATA} training points on a {SPIRAL_TURNS}-turn spiral, {NUM_REFERENCE} fresh "
           f"reference points | T = {T}, beta {BETA_START:g} -> {BETA_END:g}, "
           f"alpha_bar_T = {alpha_bar_T:.4f}")
-    # The forward process at work: the same training points at a few steps of the chain.
-    print("\nthe forward process: data at t = 0, then noised in one jump to t = 10, 30, 100")
+    # The forward process at work: the same training points at a few steps of the chain
+    # (a chain shorter than 30 steps shows only the steps it has).
+    shown = sorted({t for t in (10, 30) if t < T} | {T})
+    print("\nthe forward process: data at t = 0, then noised in one jump to t = "
+          + ", ".join(str(t) for t in shown))
     noised = {t: [add_noise(p, (random.gauss(0.0, 1.0), random.gauss(0.0, 1.0)),
-                            schedule[2][t]) for p in data[:1000]] for t in (10, 30, T)}
+                            schedule[2][t]) for p in data[:1000]] for t in shown}
     print(side_by_side(["t = 0 (data)"] + [f"t = {t}" for t in noised],
                        [scatter(data[:1000], 22, 11)] +
                        [scatter(noised[t], 22, 11) for t in noised]))

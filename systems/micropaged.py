@@ -1073,7 +1073,9 @@ def timeline_picture(engine, title):
 def pool_picture(engine):
     # One column per physical block, with the labels of the requests whose tables hold it;
     # two labels in one column are a shared block. Blocks of one request are scattered: only
-    # its block table knows where they are.
+    # its block table knows where they are. After a copy-on-write, the request that wrote
+    # first holds the new copy and the others keep the original, so a block that a later
+    # request started with may show only that request's label.
     blocks, _, tick, owners = engine.busiest
     cells = ["".join(o) if o else "." for o in owners]
     width = max(3, max(len(c) for c in cells) + 1)
