@@ -744,7 +744,7 @@ CRITERIA = [
     ("LoRA: held-out B loss gain (base - adapted)", "b_loss_gain", ">", 0.1),
     ("LoRA: forgetting on A, smaller than its B gain", "a_loss_increase", "<", "b_loss_gain"),
     ("fresh adapters (B = 0): logit difference from base", "adapter_start_error", "==", 0.0),
-    ("trainable share of all parameters (rank 2)", "trainable_fraction", "<", 0.1),
+    (f"trainable share of all parameters (rank {LORA_RANK})", "trainable_fraction", "<", 0.1),
     ("largest change of a frozen base weight", "frozen_weight_drift", "==", 0.0),
     ("logit difference, adapter vs merged, every rank", "merge_max_error", "<", 1e-9),
 ]

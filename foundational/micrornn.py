@@ -737,7 +737,7 @@ def gradient_bars(profile, low_exp=-5, high_exp=1, per_decade=6):
 # rule about as often as real names do (97%). The first row is the vanishing gradient
 # itself, measured on the trained RNN; an untrained RNN shows it too (8.4e-5).
 CRITERIA = [
-    ("RNN ||dL/dh_1|| / ||dL/dh_16|| (held-out mean)", "rnn_gradient_ratio", "<", 0.01),
+    (f"RNN ||dL/dh_1|| / ||dL/dh_{SEQ_LEN}|| (held-out mean)", "rnn_gradient_ratio", "<", 0.01),
     ("GRU gradient kept per step inside a name", "gru_step_survival_inside", ">=", 0.8),
     ("GRU kept inside a name minus across a boundary", "gru_forgetting_gap", ">=", 0.1),
     ("RNN held-out loss per character", "rnn_heldout_loss", "<", 2.6),
