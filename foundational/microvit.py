@@ -510,8 +510,7 @@ def vit_backward(model, cache, dlogits, grads):
     grads["cls"][0][:] = [g + d for g, d in zip(grads["cls"][0], d_tokens[0])]
     for grow, d in zip(grads["positions"], d_tokens):
         grow[:] = [g + x for g, x in zip(grow, d)]
-    add_linear_grads(grads["embed"], grads["embed_bias"], d_tokens[1:],
-                     c["patches"][:len(d_tokens) - 1])
+    add_linear_grads(grads["embed"], grads["embed_bias"], d_tokens[1:], c["patches"])
 
 
 # === LOSS, PARAMETERS AND THE OPTIMISER ===
@@ -721,8 +720,11 @@ def attention_image(weights):
     top = max(patch_weights)
     image = [0.0] * (GLYPH_SIZE * GLYPH_SIZE)
     for p, row in enumerate(patch_index(GLYPH_SIZE, PATCH, 0, PATCH)):
+        shade = patch_weights[p] / top if top > 0.0 else 0.0
         for pixel in row:
-            image[pixel] = patch_weights[p] / top
+            # A diverged model's NaN weights are drawn blank: the criteria table reports
+            # the failure, and the drawing must not stop the run before it.
+            image[pixel] = shade if shade == shade else 0.0
     return image
 
 
