@@ -76,6 +76,9 @@ QUICK_SETTINGS = {
     "microconv": {"NUM_TRAIN": 20, "NUM_TEST": 10, "NUM_EPOCHS": 1, "GRAD_CHECK_EXAMPLES": 1},
     "microresnet": {"NUM_TRAIN": 20, "NUM_TEST": 10, "DEPTHS": (1, 2), "NUM_STEPS": 2,
                     "GRAD_BATCH": 2, "LOG_EVERY": 1},
+    "microvit": {"TRAIN_SIZES": (10, 20), "NUM_TEST": 10, "NUM_STEPS": 2, "WIDTH": 4,
+                 "NUM_HEADS": 2, "MLP_HIDDEN": 4, "GRAD_CHECK_EXAMPLES": 1, "NUM_MAPS": 1,
+                 "LOG_EVERY": 1},
 }
 
 
