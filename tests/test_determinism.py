@@ -76,6 +76,8 @@ QUICK_SETTINGS = {
     "microconv": {"NUM_TRAIN": 20, "NUM_TEST": 10, "NUM_EPOCHS": 1, "GRAD_CHECK_EXAMPLES": 1},
     "microresnet": {"NUM_TRAIN": 20, "NUM_TEST": 10, "DEPTHS": (1, 2), "NUM_STEPS": 2,
                     "GRAD_BATCH": 2, "LOG_EVERY": 1},
+    "microcot": {"NUM_STEPS": 4, "EVAL_PER_LENGTH": 2, "PROBE_SUMS": 3, "EVAL_EVERY": 2,
+                 "GRAD_CHECK_PARAMS": 3, "LOG_EVERY": 2},
 }
 
 
