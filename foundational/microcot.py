@@ -33,8 +33,9 @@ to reach 90% exact match with those of the shuffled data.
            -> next-token logits -> cross-entropy on the tokens after '=' -> Adam
 
 Gradients are derived by hand on plain floats, as in microresnet: no graph of scalar Value
-nodes is built, which is what lets this run train four models within its minute. The run checks the backward pass
-against finite differences; tests/test_microcot.py checks it on every parameter.
+nodes is built, which is what lets this run train four models within its minute. The run
+checks the backward pass against finite differences before training;
+tests/test_microcot.py checks it on every third parameter.
 
 Run: python foundational/microcot.py    (about 40 s on the 2-core CI machine)
 """
@@ -144,6 +145,7 @@ def answer_of(tokens, fmt):
 
 def show(tokens, fmt):
     """One example as a line of text, the scratchpad's columns separated by spaces."""
+    # Token ids 0..BASE-1 are the digits themselves; then '+' and '='.
     text = "".join("0123456789+="[t] if t < BASE else "+="[t - BASE] for t in tokens)
     prompt_end = 2 * WIDTH + 2
     out = text[prompt_end:]
@@ -175,6 +177,7 @@ def split_pairs(rng):
     for n in range(1, TRAIN_DIGITS + 1):
         pairs = [(a, b) for a in range(BASE ** n) for b in range(BASE ** n)
                  if length_of(a, b) == n]
+        # Shuffled with the run's own generator, so a seed decides which pairs are held out.
         rng.shuffle(pairs)
         keep = len(pairs) if len(pairs) <= 20 else round(len(pairs) * (1 - HELD_OUT_SHARE))
         train[n], held[n] = pairs[:keep], pairs[keep:]
@@ -326,7 +329,8 @@ def example_loss_and_grads(model, example):
     dq, dx = [[0.0] * N_EMBD for _ in range(last)], [[0.0] * N_EMBD for _ in range(last)]
     # Per head, one row per scored position: its attention weights a and ds, padded with
     # zeros to every position; with d_o and q per scored position they give dv and dk.
-    a_rows, ds_rows, do_rows, q_rows = [[] for _ in range(N_HEAD)], [[] for _ in range(N_HEAD)], [], []
+    a_rows, ds_rows = [[] for _ in range(N_HEAD)], [[] for _ in range(N_HEAD)]
+    do_rows, q_rows = [], []
     n = last - first
     loss = 0.0
     for t in range(first, last):
@@ -418,6 +422,7 @@ def gradient_check(rng):
             r = rng.choice([example[0], [position_of(example, t) for t in range(
                 len(example[0]))], example[2]][("tok", "col", "seg").index(name)])
         c = rng.randrange(len(model[name][r]))
+        # Nudge one parameter up and down, recompute the loss from scratch each time.
         original = model[name][r][c]
         model[name][r][c] = original + 1e-5
         up = example_loss(model, example)
@@ -446,6 +451,7 @@ class Adam:
         self.steps = 0
 
     def step(self, model, grads, lr):
+        # One update of every parameter, row by row, with the bias-corrected m and v.
         self.steps += 1
         c1, c2 = 1.0 - BETA1 ** self.steps, 1.0 - BETA2 ** self.steps
         b1, b2, eps, sqrt = BETA1, BETA2, ADAM_EPS, math.sqrt
@@ -476,6 +482,8 @@ def generate(model, example):
             head_keys[head].append(k[h:h + head_dim])
         for col, value in zip(value_cols, v):
             col.append(value)
+        # Greedy: the most probable token is written. From '=' on, each written token is
+        # the next position's input, so a wrong carry is carried into the next column.
         if t >= first:
             logits, _ = attend_and_predict(model, q, head_keys, value_cols, x, t + 1)
             written.append(max(range(VOCAB), key=logits.__getitem__))
@@ -483,6 +491,8 @@ def generate(model, example):
 
 
 def exact_match(model, fmt, pairs):
+    # Scored against Python's own a + b, never against the training data's answer: a
+    # scratchpad taught a wrong rule (the first broken version) is caught here.
     right = 0
     for a, b in pairs:
         right += answer_of(generate(model, make_example(a, b, fmt)), fmt) == a + b
@@ -508,13 +518,14 @@ def train(fmt, seeds, train_pairs, probe, label, start, curriculum=False,
           stop_at_target=False):
     """(model, steps to reach TARGET on the probe or None, tokens seen, tokens scored)."""
     weights_seed, stream_seed = seeds
-    model = init_model(weights_seed)
+    model = init_model(weights_seed)   # the same start for every format
     adam = Adam(model)
     rng = random.Random(stream_seed)   # the same stream of draws for every model
     reached, seen, scored, recent = None, 0, 0, []
     for step in range(NUM_STEPS):
         example = make_example(*draw_pair(rng, train_pairs, step, curriculum), fmt)
         loss, grads = example_loss_and_grads(model, example)
+        # Token counts: every input position is read, only those from '=' on are scored.
         seen += len(example[0]) - 1
         scored += len(example[0]) - 1 - example[3]
         adam.step(model, grads, LEARNING_RATE * (1.0 - step / NUM_STEPS))
@@ -564,12 +575,14 @@ def main():
     random.seed(42)
     SCALE = 1.0 / math.sqrt(N_EMBD // N_HEAD)
     start = time.time()
+    # One seed decides everything: the split, the test sums, the weights, the training sums.
     data_rng = random.Random(random.randrange(2 ** 32))
     train_pairs, held_pairs = split_pairs(data_rng)
     eval_lengths = [n for n in range(1, TRAIN_DIGITS + 1) if held_pairs[n]]
     tests = {n: data_rng.sample(held_pairs[n], min(EVAL_PER_LENGTH, len(held_pairs[n])))
              for n in eval_lengths}
     tests[WIDTH] = long_pairs(data_rng, EVAL_PER_LENGTH)
+    # The probe for steps-to-target: PROBE_SUMS held-out sums spread over the lengths.
     probe = [p for n in eval_lengths for p in data_rng.sample(
         held_pairs[n], min(PROBE_SUMS // len(eval_lengths), len(held_pairs[n])))]
     print(f"binary sums, numbers padded to {WIDTH} digits; training pairs by length "
@@ -630,6 +643,8 @@ def main():
         n_sums = sum(len(tests[n]) for n in eval_lengths)
         return sum(scores[fmt][n] * len(tests[n]) for n in eval_lengths) / n_sums
 
+    # main() returns every number the table prints: per format and length, the margins and
+    # the steps to target (a format that was not run reports NaN, which fails its rows).
     results = {"grad_error": grad_error}
     for fmt in ("plain", "reversed", "scratchpad"):
         results[f"{fmt}_exact"] = pooled(fmt)
