@@ -1,11 +1,12 @@
 """Fast checks specific to foundational/microcot.py.
 
 The backward pass is derived by hand in the script, so it is compared here, on every third
-parameter (every eleventh for the shorter formats), with central finite differences of a loss written here from the model's
-definition (token + column + segment embeddings, RMSNorm, causal attention, MLP, softmax
-cross-entropy on the tokens after '='), independently of the script's forward code. The
-data the lesson rests on is checked against Python's integers: the scratchpad's columns and
-carries, the answer each format writes, the held-out split and greedy decoding's cache.
+parameter (every eleventh for the shorter formats), with central finite differences of a
+loss written here from the model's definition (token + column + segment embeddings,
+RMSNorm, causal attention, MLP, softmax cross-entropy on the tokens after '='),
+independently of the script's forward code. The data the lesson rests on is checked against
+Python's integers: the scratchpad's columns and carries, the answer each format writes, the
+held-out split and greedy decoding's cache.
 """
 import math
 import random
