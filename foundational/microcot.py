@@ -37,7 +37,7 @@ nodes is built, which is what lets this run train four models within its minute.
 checks the backward pass against finite differences before training;
 tests/test_microcot.py checks it on every third parameter.
 
-Run: python foundational/microcot.py    (about 40 s on the 2-core CI machine)
+Run: python foundational/microcot.py    (about 35 s on the 2-core CI machine)
 """
 import math
 import operator
@@ -102,7 +102,8 @@ def column_steps(a_digits, b_digits):
 
 def make_example(a, b, fmt):
     # The prompt is the same in every format: a, '+', b, '=', highest digit first, as
-    # people write numbers. '+' and '=' get column 0: they hold no digit.
+    # people write numbers. '+' and '=' hold no digit and get column 0 (after '=' the
+    # scratchpad starts with column 0).
     a_digits, b_digits = digits_of(a, WIDTH), digits_of(b, WIDTH)
     cols = list(range(WIDTH - 1, -1, -1))
     tokens = a_digits[::-1] + [PLUS] + b_digits[::-1] + [EQUALS]
@@ -128,6 +129,9 @@ def make_example(a, b, fmt):
         answer = [digit for digit, _ in steps] + [steps[-1][1]]
     else:
         answer = digits_of(a + b, WIDTH + 1)   # the true sum, from Python's integers
+    # The answer's digits are labelled with their place value. Reading the scratchpad's
+    # digit of column k (labelled k + 1) from the answer digit of column k + 1 is again
+    # "the same label as mine".
     order = range(WIDTH + 1) if fmt == "reversed" else range(WIDTH, -1, -1)
     tokens += [answer[i] for i in order]
     columns += list(order)
@@ -211,7 +215,9 @@ def long_pairs(rng, count):
 # carry written first, absolute positions learn too at seed 42: challenge 1.) The segment
 # table says which part a token is in: a, b, '+' or '=', the scratchpad's carries or
 # digits, the answer. Both tables start at a larger scale than the weights (TABLE_STD), so
-# that after the RMSNorm the columns differ from the first step.
+# that where a token stands shows through the RMSNorm from the first step (in a design run
+# with absolute positions, 0.5 learned the scratchpad where 0.08 did not: 80% against 9%
+# on 3-digit sums).
 # Signpost: real models see arithmetic through a tokenizer that often merges digits into
 # multi-digit tokens, and learn it with many layers; nothing tells them the column.
 SCALE = None   # 1 / sqrt(head_dim), set in main() from N_EMBD and N_HEAD
