@@ -216,10 +216,11 @@ def long_pairs(rng, count):
 # table says which part a token is in: a, b, '+' or '=', the scratchpad's carries or
 # digits, the answer. Both tables start at a larger scale than the weights (TABLE_STD), so
 # that where a token stands shows through the RMSNorm from the first step (in a design run
-# with absolute positions, 0.5 learned the scratchpad where 0.08 did not: 80% against 9%
-# on 3-digit sums).
-# Signpost: real models see arithmetic through a tokenizer that often merges digits into
-# multi-digit tokens, and learn it with many layers; nothing tells them the column.
+# in base 3 with absolute positions, 0.5 learned the scratchpad where 0.08 did not: 80%
+# against 9% exact match on 3-digit sums).
+# Signpost: real models see numbers through their tokenizer: GPT-4's and Llama 3's cut
+# digits into groups of up to three, Llama 2's and Gemma's into single digits. Nothing tells
+# them a digit's column, and they learn arithmetic with many layers.
 SCALE = None   # 1 / sqrt(head_dim), set in main() from N_EMBD and N_HEAD
 MATRICES = ("wq", "wk", "wv", "wo", "fc1", "fc2", "head")
 mul = operator.mul
