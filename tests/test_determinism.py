@@ -79,6 +79,8 @@ QUICK_SETTINGS = {
     "microvit": {"TRAIN_SIZES": (10, 20), "NUM_TEST": 10, "NUM_STEPS": 2, "WIDTH": 4,
                  "NUM_HEADS": 2, "MLP_HIDDEN": 4, "GRAD_CHECK_EXAMPLES": 1, "NUM_MAPS": 1,
                  "LOG_EVERY": 1},
+    "microcot": {"NUM_STEPS": 4, "EVAL_PER_LENGTH": 2, "PROBE_SUMS": 3, "EVAL_EVERY": 2,
+                 "GRAD_CHECK_PARAMS": 3, "LOG_EVERY": 2},
 }
 
 
