@@ -76,6 +76,8 @@ QUICK_SETTINGS = {
     "microconv": {"NUM_TRAIN": 20, "NUM_TEST": 10, "NUM_EPOCHS": 1, "GRAD_CHECK_EXAMPLES": 1},
     "microresnet": {"NUM_TRAIN": 20, "NUM_TEST": 10, "DEPTHS": (1, 2), "NUM_STEPS": 2,
                     "GRAD_BATCH": 2, "LOG_EVERY": 1},
+    "microbert": {"NUM_STEPS": 3, "EVAL_NAMES": 10, "PROBE_NAMES": 20, "PROBE_STEPS": 5,
+                  "GRAD_CHECK_PARAMS": 1, "LOG_EVERY": 1},
 }
 
 
