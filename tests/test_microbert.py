@@ -90,7 +90,8 @@ def test_backward_matches_finite_differences_of_an_independent_reference(which):
     disc, gen = models(11)
     if which == "generator":
         model, binary, loss_fn = gen, False, mb.cross_entropy
-        examples = [([mb.MASK if i == 2 else t for i, t in enumerate(tok)], [(2, tok[2]), (1, tok[1])])
+        examples = [([mb.MASK if i == 2 else t for i, t in enumerate(tok)],
+                     [(2, tok[2]), (1, tok[1])])
                     for tok in NAMES]
     else:
         model, binary, loss_fn = disc, True, mb.binary_cross_entropy
