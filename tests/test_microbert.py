@@ -181,3 +181,24 @@ def test_baselines_on_a_hand_example():
     assert base["unigram"] == 0.5          # 'b' is the commonest letter: right at position 2
     assert base["window"] == 1.0           # (BOS, b) -> a, (a, BOS) -> b
     assert base["left_bigram"] == 1.0      # after BOS: a (2 of 3); after a: b
+
+
+def test_the_in_run_gradient_check_catches_a_wrong_backward_formula(monkeypatch):
+    # RMSNorm's backward without the term that removes the length change: a classic slip.
+    monkeypatch.setattr(mb, "rms_backward", lambda x, s, dy: [s * d for d in dy])
+    assert mb.gradient_check(random.Random(0)) > 1e-3
+
+
+def test_mlm_accuracy_separates_copying_from_context():
+    # A model that copies: attention and MLP outputs zeroed, so the output at a position is
+    # the direction of its own token's embedding; embeddings of equal length, and the head is
+    # the embedding table, so the highest logit is always the visible token: kept 1, repair 0.
+    enc = mb.init_encoder(mb.N_EMBD, mb.MLP_HIDDEN, len(mb.LETTERS))
+    for name in ("wo", "fc2"):
+        enc[name] = [[0.0] * len(enc[name][0]) for _ in enc[name]]
+    rng = random.Random(9)
+    enc["wte"] = [mb.rms_forward([rng.gauss(0, 1) for _ in range(mb.N_EMBD)])[0]
+                  for _ in range(mb.VOCAB)]
+    enc["head"] = [row[:] for row in enc["wte"][:len(mb.LETTERS)]]
+    result = mb.mlm_accuracy(enc, [mb.encode("anna"), mb.encode("zoe")], random.Random(1))
+    assert result["kept"] == 1.0 and result["repair"] == 0.0
