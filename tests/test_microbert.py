@@ -5,8 +5,10 @@ written here independently, straight from the formulas (one position at a time, 
 table, no cached columns), for an MLM with a projected shared table and for the
 discriminator's binary loss; the script's forward pass is checked against the same reference.
 Also: BERT's and ELECTRA's corruption rules, the AUC against a brute-force pair count, that the
-encoder is bidirectional, that the in-run gradient check passes, and that ELECTRA's generator
-shares the discriminator's token table and position biases.
+encoder is bidirectional, that the in-run gradient check passes and catches a wrong backward
+formula, that ELECTRA's generator shares the discriminator's token table and position biases,
+the counting baselines on a hand example, and that the repair and kept measures tell a
+copying model apart.
 """
 import math
 import random
