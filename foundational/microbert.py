@@ -534,8 +534,11 @@ def electra_step(gen, disc, gen_grads, disc_grads, names, rng):
 
 # === TRAINING ===
 # Adam with a learning rate that decays linearly to 0, as in microgpt. "Equal compute" here
-# means: the same encoder, the same number of steps, the same names in each step, as in
-# ELECTRA's comparisons with BERT (where the generator's cost is counted on ELECTRA's side).
+# means: the same encoder, the same number of steps, the same names in each step, with the
+# generator's cost counted on ELECTRA's side.
+# Signpost: ELECTRA's released configuration trains with Adam plus weight decay 0.01, 10,000
+# warmup steps and a linear decay to 0 (configure_pretraining.py); warmup and weight decay
+# are left out here.
 # In a real multi-layer BERT every position runs through every layer, so a BERT step and a
 # discriminator step cost the same; this one-layer BERT needs its block only at the picked
 # positions, so it runs several times faster than ELECTRA here (the run prints both times).
