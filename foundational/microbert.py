@@ -45,7 +45,7 @@ Attribution: the encoder block follows microgpt.py (after Karpathy's microgpt); 
 follow Devlin et al. 2019 (BERT) and Clark et al. 2020 (ELECTRA) and their released code;
 the position bias follows Raffel et al. 2020 (T5).
 
-Run: python foundational/microbert.py    (about 40 s on the 2-core CI machine)
+Run: python foundational/microbert.py    (about 43 s on a shared 2-core machine)
 """
 import hashlib
 import math
