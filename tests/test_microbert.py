@@ -116,6 +116,52 @@ def test_backward_matches_finite_differences_of_an_independent_reference(which):
                                 abs_tol=1e-8), (name, r, c)
 
 
+def test_a_whole_electra_step_matches_finite_differences_through_the_shared_weights():
+    # The generator's loss and 50 x the discriminator's both reach the shared token table and
+    # position biases; the step's gradients must be those of the sum, with a sample equal to
+    # the original labelled original. The step's random draws are replayed to rebuild its
+    # examples, and the loss is taken from the independent reference.
+    disc, gen = models(5)
+    disc_grads, gen_grads = mb.new_grads(disc), mb.new_grads(gen)
+    gen_grads["wte"], gen_grads["rel"] = disc_grads["wte"], disc_grads["rel"]
+    rng, replay = random.Random(4), random.Random()
+    replay.setstate(rng.getstate())
+    losses = mb.electra_step(gen, disc, gen_grads, disc_grads, NAMES, rng)
+    table = mb.token_table(gen)
+    gen_examples, disc_examples = [], []
+    for tokens in NAMES:
+        picked, masked, replaced = mb.electra_corrupt(gen, table, tokens, replay)
+        gen_examples.append((masked, [(i, tokens[i]) for i in picked]))
+        disc_examples.append((replaced, [(i, 0.0 if replaced[i] == tokens[i] else 1.0)
+                                         for i in range(1, len(tokens) - 1)]))
+    n_gen = sum(len(t) for _, t in gen_examples)
+    n_disc = sum(len(t) for _, t in disc_examples)
+
+    def total():
+        return (reference_loss(gen, gen_examples, False) / n_gen
+                + mb.DISC_WEIGHT * reference_loss(disc, disc_examples, True) / n_disc)
+
+    assert math.isclose(losses["generator"], reference_loss(gen, gen_examples, False) / n_gen,
+                        rel_tol=1e-9)
+    assert math.isclose(losses["discriminator"],
+                        reference_loss(disc, disc_examples, True) / n_disc, rel_tol=1e-9)
+    rng = random.Random(6)
+    for model, grads, name in ((disc, disc_grads, "wte"), (disc, disc_grads, "rel"),
+                               (gen, gen_grads, "proj"), (disc, disc_grads, "head"),
+                               (gen, gen_grads, "wq")):
+        param = model[name]
+        for _ in range(4):
+            r, c = rng.randrange(len(param)), rng.randrange(len(param[0]))
+            original = param[r][c]
+            param[r][c] = original + 1e-6
+            up = total()
+            param[r][c] = original - 1e-6
+            down = total()
+            param[r][c] = original
+            assert math.isclose(grads[name][r][c], (up - down) / 2e-6, rel_tol=1e-5,
+                                abs_tol=1e-8), (name, r, c)
+
+
 def test_the_in_run_gradient_check_passes():
     assert mb.gradient_check(random.Random(0)) < 1e-5
 
