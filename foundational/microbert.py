@@ -47,7 +47,7 @@ Attribution: the encoder block follows microgpt.py (after Karpathy's microgpt); 
 follow Devlin et al. 2019 (BERT) and Clark et al. 2020 (ELECTRA) and their released code;
 the position bias follows Raffel et al. 2020 (T5).
 
-Run: python foundational/microbert.py    (about 40 s on a shared 2-core machine)
+Run: python foundational/microbert.py    (about 37 s on a shared 2-core machine)
 """
 import hashlib
 import math
@@ -71,8 +71,8 @@ MLP_HIDDEN = 32
 # size works best, and speculates that a stronger generator makes the discriminator's task
 # too hard. A quarter of the width here, 4 heads of 1 channel so that it can share the
 # discriminator's position biases (see ELECTRA). Half the width (8) was tried: a generator
-# nearly as good as BERT, whose samples the discriminator detects mostly by how rare the
-# letter is, and whose features then help the probe little (see the entry).
+# nearly as good as BERT, next to which the discriminator learned mostly which letters are
+# rare, and whose features then helped the probe little (see the entry).
 GEN_EMBD = 4
 GEN_MLP = 8
 MAX_REL = 3               # offsets beyond +-3 share one bias (see POSITIONS)
@@ -713,11 +713,11 @@ def baseline_accuracies(tables, names):
 # counts: how surprising the letter is next to its neighbours; and by a detector that sees
 # the letter alone, -log P(c): a rare letter is more likely a replacement. Then all three
 # again on replacements drawn from the training names' letter frequencies instead of the
-# generator: a rare letter is then no more likely replaced than in the data, so the letter
-# alone says nothing (AUC near 0.5), and only context can detect them. (Uniformly drawn
-# letters would not do: most letters are rare ones, so a uniformly drawn letter usually is,
-# and in trial runs the letter alone detected those at AUC 0.78, about as well as the bigram
-# counter: a discriminator that learned only which letters are rare would pass that test.)
+# generator: a replacement is then a rare letter only as often as a letter of a real name
+# is, so the letter alone says little (AUC 0.51 here) and context must do it. (Uniformly drawn
+# letters would not do: most of the 26 letters are rare in names, so a uniformly drawn one
+# usually is, and in trial runs the letter alone detected those at AUC 0.78, about as well
+# as the bigram counter: a discriminator that knew only which letters are rare would pass.)
 
 
 def auc(scores, labels):
