@@ -3,7 +3,9 @@
 The hand-derived backward pass is checked against central finite differences of a loss
 written here independently, straight from the formulas (one position at a time, no token
 table, no cached columns), for an MLM with a projected shared table and for the
-discriminator's binary loss; the script's forward pass is checked against the same reference.
+discriminator's binary loss, and for a whole ELECTRA step (the generator's loss plus 50 times
+the discriminator's, through the token table and position biases they share); the script's
+forward pass is checked against the same reference.
 Also: BERT's and ELECTRA's corruption rules, the AUC against a brute-force pair count, that the
 encoder is bidirectional, that the in-run gradient check passes and catches a wrong backward
 formula, that ELECTRA's generator shares the discriminator's token table and position biases,
