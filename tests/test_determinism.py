@@ -81,6 +81,8 @@ QUICK_SETTINGS = {
                  "LOG_EVERY": 1},
     "microcot": {"NUM_STEPS": 4, "EVAL_PER_LENGTH": 2, "PROBE_SUMS": 3, "EVAL_EVERY": 2,
                  "GRAD_CHECK_PARAMS": 3, "LOG_EVERY": 2},
+    "microbert": {"NUM_STEPS": 3, "EVAL_NAMES": 10, "PROBE_NAMES": 20, "PROBE_STEPS": 5,
+                  "GRAD_CHECK_PARAMS": 1, "LOG_EVERY": 1},
 }
 
 
