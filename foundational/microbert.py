@@ -47,7 +47,7 @@ Attribution: the encoder block follows microgpt.py (after Karpathy's microgpt); 
 follow Devlin et al. 2019 (BERT) and Clark et al. 2020 (ELECTRA) and their released code;
 the position bias follows Raffel et al. 2020 (T5).
 
-Run: python foundational/microbert.py    (about 37 s on a shared 2-core machine)
+Run: python foundational/microbert.py    (about 36 s on the 2-core CI machine)
 """
 import hashlib
 import math
@@ -591,6 +591,41 @@ def new_grads(model):
     return {name: zeros_like(param) for name, param in model.items()}
 
 
+def init_models():
+    # The same seed for BERT, the discriminator and the untrained encoder: all three start
+    # from the very same weights, so differences come from what each was trained on.
+    random.seed(INIT_SEED)
+    bert = init_encoder(N_EMBD, MLP_HIDDEN, len(LETTERS))
+    random.seed(INIT_SEED)
+    untrained = init_encoder(N_EMBD, MLP_HIDDEN, len(LETTERS))
+    random.seed(INIT_SEED)
+    disc = init_encoder(N_EMBD, MLP_HIDDEN, 1)
+    gen = init_encoder(GEN_EMBD, GEN_MLP, len(LETTERS), shared=disc)
+    return bert, untrained, disc, gen
+
+
+def train_models(bert, disc, gen, batches, bert_rng, electra_rng):
+    """BERT, then ELECTRA (generator + discriminator), on the same batches of names."""
+    bert_grads, disc_grads = new_grads(bert), new_grads(disc)
+    gen_grads = new_grads(gen)
+    # Shared weights get one shared gradient: the generator's and the discriminator's
+    # contributions add up in the same matrix, and Adam updates it once.
+    gen_grads["wte"], gen_grads["rel"] = disc_grads["wte"], disc_grads["rel"]
+    bert_cpu = electra_cpu = float("nan")
+    if "bert" in MODELS:
+        print("\n=== BERT: masked language modelling ===")
+        bert_cpu = train(lambda b, r: bert_step(bert, bert_grads, b, r),
+                         adam_slots([(bert, bert_grads)]), batches, bert_rng, "BERT")
+    if "electra" in MODELS:
+        print("\n=== ELECTRA: generator + discriminator (replaced-token detection) ===")
+        electra_cpu = train(lambda b, r: electra_step(gen, disc, gen_grads, disc_grads, b, r),
+                            adam_slots([(disc, disc_grads), (gen, gen_grads)]), batches,
+                            electra_rng, "ELECTRA")
+    if len(MODELS) == 2:
+        print(f"  CPU time: BERT {bert_cpu:.1f}s, ELECTRA {electra_cpu:.1f}s (same steps, same "
+              f"names; a one-layer BERT needs its block only at the picked letters)")
+
+
 # === CHECKING THE HAND-DERIVED GRADIENTS ===
 # Central differences, (L(w + h) - L(w - h)) / 2h, for a few entries of every matrix of a
 # generator (with its projection and the shared table) and a discriminator, on two names,
@@ -704,6 +739,27 @@ def baseline_accuracies(tables, names):
     return {k: v / count for k, v in hits.items()}
 
 
+def naming_hidden_letters(bert, gen, train_tokens, eval_tokens):
+    """Masked, repair and kept accuracy of BERT and the generator, beside the count tables."""
+    nan = float("nan")
+    print(f"\n=== Naming a hidden letter: {sum(len(t) - 2 for t in eval_tokens)} letters of "
+          f"{len(eval_tokens)} held-out names, each masked alone ===")
+    tables = count_tables(train_tokens)
+    base = baseline_accuracies(tables, eval_tokens)
+    skipped = {"masked": nan, "repair": nan, "kept": nan}
+    bert_acc = (mlm_accuracy(bert, eval_tokens, random.Random(3))
+                if "bert" in MODELS else skipped)
+    gen_acc = (mlm_accuracy(gen, eval_tokens, random.Random(3))
+               if "electra" in MODELS else skipped)
+    rows = [("BERT (16 wide)", bert_acc), ("ELECTRA's generator (4 wide)", gen_acc)]
+    rows += [(f"{k.replace('_', ' ')} counts", {"masked": v}) for k, v in base.items()]
+    print(f"  {'model':<30} {'masked':>7} {'repair':>7} {'kept':>7}")
+    for label, acc in rows:
+        cells = "".join(f" {acc.get(k, nan):7.3f}" for k in ("masked", "repair", "kept"))
+        print(f"  {label:<30}{cells}".replace("nan", "  -"))
+    return bert_acc, gen_acc, base, tables
+
+
 # === EVALUATION 2: DETECTING REPLACED LETTERS ===
 # Held-out names are corrupted exactly as in training (the trained generator samples at the
 # picked positions) and the discriminator scores every letter. AUC = the probability that a
@@ -770,6 +826,24 @@ def detection_aucs(gen, disc, tables, names, rng, by_frequency):
     return {k: auc(v, labels) for k, v in scores.items()}, sum(labels) / len(labels)
 
 
+def detecting_replacements(gen, disc, tables, heldout_tokens, rng):
+    """(AUCs, replaced share) on generator samples and on letters drawn by frequency."""
+    print("\n=== Detecting replaced letters (AUC; 0.5 = no skill) ===")
+    nan = float("nan")
+    skipped = ({"disc": nan, "count": nan, "letter": nan}, nan)
+    detection = {kind: detection_aucs(gen, disc, tables, heldout_tokens, rng, by_freq)
+                 if "electra" in MODELS else skipped
+                 for kind, by_freq in (("generator", False), ("frequency", True))}
+    print(f"  {'replacements':<24} {'replaced':>8} {'discriminator':>14} {'bigram counts':>14}"
+          f" {'letter alone':>13}")
+    for kind, label in (("generator", "generator samples"),
+                        ("frequency", "letters by frequency")):
+        aucs, share = detection[kind]
+        print(f"  {label:<24} {share:8.3f} {aucs['disc']:14.3f} {aucs['count']:14.3f}"
+              f" {aucs['letter']:13.3f}")
+    return detection["generator"], detection["frequency"]
+
+
 # === EVALUATION 3: A PROBE ON FROZEN FEATURES ===
 # The downstream task: is a name real, or a real name with its letters shuffled ("emma" vs
 # "mmea")? A name and its shuffle hold the same letters, so a bag of letters cannot tell them
@@ -829,6 +903,25 @@ def probe_accuracy(model, train_set, test_set):
     return right / len(test_set)
 
 
+def probing_features(bert, disc, untrained, names, rng):
+    """Held-out accuracy of the real-or-shuffled probe on each encoder's frozen features."""
+    print("\n=== Probe on frozen features: real name or its letters shuffled? ===")
+    # Each held-out name appears once as itself and once shuffled, so both classes hold the
+    # same letters; a name and its own shuffle can land on different sides of the split.
+    probe_names = [n for n in names if len(set(n)) > 1]
+    items = [pair for n in probe_names for pair in ((n, 1), (shuffled(n, rng), 0))]
+    rng.shuffle(items)
+    probe_train, probe_test = items[:len(items) // 2], items[len(items) // 2:]
+    nan = float("nan")
+    probes = {label: probe_accuracy(model, probe_train, probe_test) if trained else nan
+              for label, model, trained in (("BERT", bert, "bert" in MODELS),
+                                            ("ELECTRA discriminator", disc, "electra" in MODELS),
+                                            ("untrained", untrained, True))}
+    for label, acc in probes.items():
+        print(f"  {label:<22} {acc:.3f}")
+    return probes
+
+
 # === SUCCESS CRITERIA ===
 # (what was measured, key in main()'s result, comparison, threshold or another key)
 CRITERIA = [
@@ -885,81 +978,13 @@ def main():
     print(f"hand-derived gradients vs central differences: worst relative error "
           f"{grad_error:.1e}")
 
-    # The same seed for BERT, the discriminator and the untrained encoder: all three start
-    # from the very same weights, so differences come from what each was trained on.
-    random.seed(INIT_SEED)
-    bert = init_encoder(N_EMBD, MLP_HIDDEN, len(LETTERS))
-    random.seed(INIT_SEED)
-    untrained = init_encoder(N_EMBD, MLP_HIDDEN, len(LETTERS))
-    random.seed(INIT_SEED)
-    disc = init_encoder(N_EMBD, MLP_HIDDEN, 1)
-    gen = init_encoder(GEN_EMBD, GEN_MLP, len(LETTERS), shared=disc)
-    bert_grads, disc_grads = new_grads(bert), new_grads(disc)
-    gen_grads = new_grads(gen)
-    # Shared weights get one shared gradient: the generator's and the discriminator's
-    # contributions add up in the same matrix, and Adam updates it once.
-    gen_grads["wte"], gen_grads["rel"] = disc_grads["wte"], disc_grads["rel"]
-
-    nan = float("nan")
-    bert_cpu = electra_cpu = nan
-    if "bert" in MODELS:
-        print("\n=== BERT: masked language modelling ===")
-        bert_cpu = train(lambda b, r: bert_step(bert, bert_grads, b, r),
-                         adam_slots([(bert, bert_grads)]), batches, streams[1], "BERT")
-    if "electra" in MODELS:
-        print("\n=== ELECTRA: generator + discriminator (replaced-token detection) ===")
-        electra_cpu = train(lambda b, r: electra_step(gen, disc, gen_grads, disc_grads, b, r),
-                            adam_slots([(disc, disc_grads), (gen, gen_grads)]), batches,
-                            streams[2], "ELECTRA")
-    if len(MODELS) == 2:
-        print(f"  CPU time: BERT {bert_cpu:.1f}s, ELECTRA {electra_cpu:.1f}s (same steps, same "
-              f"names; a one-layer BERT needs its block only at the picked letters)")
-
-    print(f"\n=== Naming a hidden letter: {sum(len(t) - 2 for t in eval_tokens)} letters of "
-          f"{len(eval_tokens)} held-out names, each masked alone ===")
-    tables = count_tables(train_tokens)
-    base = baseline_accuracies(tables, eval_tokens)
-    skipped = {"masked": nan, "repair": nan, "kept": nan}
-    bert_acc = (mlm_accuracy(bert, eval_tokens, random.Random(3))
-                if "bert" in MODELS else skipped)
-    gen_acc = (mlm_accuracy(gen, eval_tokens, random.Random(3))
-               if "electra" in MODELS else skipped)
-    rows = [("BERT (16 wide)", bert_acc), ("ELECTRA's generator (4 wide)", gen_acc)]
-    rows += [(f"{k.replace('_', ' ')} counts", {"masked": v}) for k, v in base.items()]
-    print(f"  {'model':<30} {'masked':>7} {'repair':>7} {'kept':>7}")
-    for label, acc in rows:
-        cells = "".join(f" {acc.get(k, nan):7.3f}" for k in ("masked", "repair", "kept"))
-        print(f"  {label:<30}{cells}".replace("nan", "  -"))
-
-    print("\n=== Detecting replaced letters (AUC; 0.5 = no skill) ===")
-    heldout_tokens = [encode(n) for n in heldout]
-    skipped = ({"disc": nan, "count": nan, "letter": nan}, nan)
-    detection = {kind: detection_aucs(gen, disc, tables, heldout_tokens, streams[3], by_freq)
-                 if "electra" in MODELS else skipped
-                 for kind, by_freq in (("generator", False), ("frequency", True))}
-    print(f"  {'replacements':<24} {'replaced':>8} {'discriminator':>14} {'bigram counts':>14}"
-          f" {'letter alone':>13}")
-    for kind, label in (("generator", "generator samples"),
-                        ("frequency", "letters by frequency")):
-        aucs, share = detection[kind]
-        print(f"  {label:<24} {share:8.3f} {aucs['disc']:14.3f} {aucs['count']:14.3f}"
-              f" {aucs['letter']:13.3f}")
-    (gen_aucs, share), (freq_aucs, _) = detection["generator"], detection["frequency"]
-
-    print("\n=== Probe on frozen features: real name or its letters shuffled? ===")
-    # Each held-out name appears once as itself and once shuffled, so both classes hold the
-    # same letters; a name and its own shuffle can land on different sides of the split.
-    probe_rng = streams[4]
-    probe_names = [n for n in heldout[EVAL_NAMES:] if len(set(n)) > 1]
-    items = [pair for n in probe_names for pair in ((n, 1), (shuffled(n, probe_rng), 0))]
-    probe_rng.shuffle(items)
-    probe_train, probe_test = items[:len(items) // 2], items[len(items) // 2:]
-    probes = {label: probe_accuracy(model, probe_train, probe_test) if trained else nan
-              for label, model, trained in (("BERT", bert, "bert" in MODELS),
-                                            ("ELECTRA discriminator", disc, "electra" in MODELS),
-                                            ("untrained", untrained, True))}
-    for label, acc in probes.items():
-        print(f"  {label:<22} {acc:.3f}")
+    bert, untrained, disc, gen = init_models()
+    train_models(bert, disc, gen, batches, streams[1], streams[2])
+    bert_acc, gen_acc, base, tables = naming_hidden_letters(bert, gen, train_tokens,
+                                                            eval_tokens)
+    (gen_aucs, share), (freq_aucs, _) = detecting_replacements(
+        gen, disc, tables, [encode(n) for n in heldout], streams[3])
+    probes = probing_features(bert, disc, untrained, heldout[EVAL_NAMES:], streams[4])
 
     results = {
         "grad_error": grad_error,

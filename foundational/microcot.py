@@ -37,7 +37,7 @@ nodes is built, which is what lets this run train four models within its minute.
 checks the backward pass against finite differences before training;
 tests/test_microcot.py checks it on every third parameter.
 
-Run: python foundational/microcot.py    (about 35 s on the 2-core CI machine)
+Run: python foundational/microcot.py    (about 34 s on the 2-core CI machine)
 """
 import math
 import operator
@@ -550,6 +550,54 @@ def train(fmt, seeds, train_pairs, probe, label, start, curriculum=False,
     return model, reached, seen, scored
 
 
+# === EXPERIMENT 1: THREE FORMATS, THE SAME STEPS ===
+
+def compare_formats(seeds, train_pairs, probe, tests, start):
+    """Train one model per format; print exact match by length and the tokens each saw."""
+    print(f"\n=== Three formats, {NUM_STEPS} steps each (one sum per step) ===")
+    scores, reached, token_counts = {}, {}, {}
+    for fmt in FORMATS:
+        # Only the scratchpad model is probed during training: its steps-to-target are the
+        # shuffled side of the curriculum experiment.
+        model, reached[fmt], seen, scored = train(
+            fmt, seeds, train_pairs, probe if fmt == "scratchpad" else [], fmt, start)
+        token_counts[fmt] = (seen, scored)
+        scores[fmt] = {n: exact_match(model, fmt, pairs) for n, pairs in tests.items()}
+        if fmt == "scratchpad":
+            a, b = tests[TRAIN_DIGITS][0]
+            print(f"  the trained scratchpad model on {a} + {b}: "
+                  f"{show(generate(model, make_example(a, b, fmt)), fmt)}")
+    print(f"\n  exact match on held-out sums, by length (digits of the larger number; "
+          f"{WIDTH} digits: never trained)")
+    print(f"  {'format':<11}" + "".join(f"{n:>7}" for n in tests) +
+          f"{'tokens seen':>13}{'scored':>9}")
+    for fmt in FORMATS:
+        print(f"  {fmt:<11}" + "".join(f"{scores[fmt][n]:7.2f}" for n in tests) +
+              f"{token_counts[fmt][0]:13d}{token_counts[fmt][1]:9d}")
+    print(f"  sums per length: " + ", ".join(f"{n}: {len(p)}" for n, p in tests.items()))
+    return scores, reached
+
+
+# === EXPERIMENT 2: A CURRICULUM AGAINST SHUFFLED DATA ===
+
+def steps_to_target(reached_at):
+    # A run that never reaches the target is counted as NUM_STEPS + EVAL_EVERY: "later than
+    # the last probe", a lower bound on what it would have needed.
+    return reached_at or NUM_STEPS + EVAL_EVERY
+
+
+def curriculum_experiment(seeds, train_pairs, probe, shuffled_reached, start):
+    """Steps to TARGET for a scratchpad model trained on short sums first."""
+    print(f"\n=== Curriculum: short numbers first, scratchpad format ===")
+    _, curriculum_steps, _, _ = train("scratchpad", seeds, train_pairs, probe,
+                                      "curriculum", start, curriculum=True,
+                                      stop_at_target=True)
+    print(f"  steps to {TARGET:.0%} exact match on {len(probe)} held-out sums (probed every"
+          f" {EVAL_EVERY}; {steps_to_target(None)} = not reached):\n    shuffled "
+          f"{steps_to_target(shuffled_reached)}, curriculum {steps_to_target(curriculum_steps)}")
+    return steps_to_target(curriculum_steps)
+
+
 # === SUCCESS CRITERIA ===
 # (what was measured, key in main()'s result, comparison, threshold or another key)
 CRITERIA = [
@@ -604,42 +652,11 @@ def main():
     print(f"\nbackward pass vs finite differences ({GRAD_CHECK_PARAMS} parameters): "
           f"worst relative error {grad_error:.2e}")
 
-    print(f"\n=== Three formats, {NUM_STEPS} steps each (one sum per step) ===")
-    scores, reached, token_counts = {}, {}, {}
-    for fmt in FORMATS:
-        # Only the scratchpad model is probed during training: its steps-to-target are the
-        # shuffled side of the curriculum experiment.
-        model, reached[fmt], seen, scored = train(
-            fmt, seeds, train_pairs, probe if fmt == "scratchpad" else [], fmt, start)
-        token_counts[fmt] = (seen, scored)
-        scores[fmt] = {n: exact_match(model, fmt, pairs) for n, pairs in tests.items()}
-        if fmt == "scratchpad":
-            a, b = tests[TRAIN_DIGITS][0]
-            print(f"  the trained scratchpad model on {a} + {b}: "
-                  f"{show(generate(model, make_example(a, b, fmt)), fmt)}")
-    print(f"\n  exact match on held-out sums, by length (digits of the larger number; "
-          f"{WIDTH} digits: never trained)")
-    print(f"  {'format':<11}" + "".join(f"{n:>7}" for n in tests) +
-          f"{'tokens seen':>13}{'scored':>9}")
-    for fmt in FORMATS:
-        print(f"  {fmt:<11}" + "".join(f"{scores[fmt][n]:7.2f}" for n in tests) +
-              f"{token_counts[fmt][0]:13d}{token_counts[fmt][1]:9d}")
-    print(f"  sums per length: " + ", ".join(f"{n}: {len(p)}" for n, p in tests.items()))
-
-    # A run that never reaches the target is counted as NUM_STEPS + EVAL_EVERY: "later than
-    # the last probe", a lower bound on what it would have needed.
-    not_reached = NUM_STEPS + EVAL_EVERY
+    scores, reached = compare_formats(seeds, train_pairs, probe, tests, start)
     curriculum_steps = float("nan")
     if CURRICULUM and "scratchpad" in FORMATS:
-        print(f"\n=== Curriculum: short numbers first, scratchpad format ===")
-        _, curriculum_steps, _, _ = train("scratchpad", seeds, train_pairs, probe,
-                                          "curriculum", start, curriculum=True,
-                                          stop_at_target=True)
-        curriculum_steps = curriculum_steps or not_reached
-        shuffled_steps = reached["scratchpad"] or not_reached
-        print(f"  steps to {TARGET:.0%} exact match on {len(probe)} held-out sums (probed every"
-              f" {EVAL_EVERY}; {not_reached} = not reached):\n    shuffled {shuffled_steps}, "
-              f"curriculum {curriculum_steps}")
+        curriculum_steps = curriculum_experiment(seeds, train_pairs, probe,
+                                                 reached["scratchpad"], start)
 
     nan = float("nan")
 
@@ -659,7 +676,7 @@ def main():
             results[f"{fmt}_exact_{n}"] = scores[fmt][n] if fmt in scores else nan
     results["scratchpad_margin"] = results["scratchpad_exact"] - results["plain_exact"]
     results["reversed_minus_plain"] = results["reversed_exact"] - results["plain_exact"]
-    results["shuffled_steps_to_target"] = (reached["scratchpad"] or not_reached
+    results["shuffled_steps_to_target"] = (steps_to_target(reached["scratchpad"])
                                            if "scratchpad" in reached else nan)
     results["curriculum_steps_to_target"] = curriculum_steps
     results["curriculum_lag"] = curriculum_steps - results["shuffled_steps_to_target"]

@@ -29,7 +29,7 @@ one against finite differences of a full encoder layer written from the formulas
 makes about 70,000 forward passes, 48,000 of them with a backward pass, too many for a
 scalar autograd graph in its time budget.
 
-Run: python foundational/microvit.py    (about 34 s on a shared 2-core machine)
+Run: python foundational/microvit.py    (about 31 s on the 2-core CI machine)
 """
 import math
 import operator
