@@ -634,8 +634,8 @@ def print_decoder_sweep(params, collapsed, train_data, main_run, collapse_run):
             z = [0.0] * LATENT_DIM
             z[axis] = value
             a, b = decode(params, z)[1], decode(collapsed, z)[1]
-            print(f"  ({z[0]:4.1f}, {z[1]:4.1f})   ({a[0]:6.3f}, {a[1]:6.3f})   "
-                  f"({b[0]:6.3f}, {b[1]:6.3f})")
+            z_text = "(" + ", ".join(f"{v:4.1f}" for v in z) + ")"
+            print(f"  {z_text:>12}   ({a[0]:6.3f}, {a[1]:6.3f})   ({b[0]:6.3f}, {b[1]:6.3f})")
     centre = [mean([s[d] for s in collapse_run["samples"]]) for d in range(DATA_DIM)]
     data_mean = [mean([p[d] for p in train_data]) for d in range(DATA_DIM)]
     print(f"Spread of {NUM_PRIOR_SAMPLES} decoded prior samples (rms distance from their "

@@ -874,8 +874,8 @@ CRITERIA = [
     ("weights off by more than half a step (all formats)", "roundtrip_violations", "==", 0),
     ("float32 bytes / INT8 bytes (with scales)", "int8_size_ratio", ">", 3),
     ("float32 bytes / INT4 bytes (with scales)", "int4_size_ratio", ">", 5),
-    ("3-bit held-out loss: GPTQ < round-to-nearest", "gptq_loss", "<", "rtn_loss"),
-    ("3-bit KL per token, GPTQ / round-to-nearest", "gptq_kl_ratio", "<", 0.75),
+    (f"{GPTQ_BITS}-bit held-out loss: GPTQ < round-to-nearest", "gptq_loss", "<", "rtn_loss"),
+    (f"{GPTQ_BITS}-bit KL per token, GPTQ / round-to-nearest", "gptq_kl_ratio", "<", 0.75),
 ]
 COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
            "==": operator.eq}
@@ -1049,7 +1049,9 @@ def main():
           f"(Hessians from {CALIB_NAMES} training names)")
     # compared: (method, bits) -> (loss, KL, calibration output error, held-out output error)
     compared = {}
-    for bits in (GPTQ_BITS, GPTQ_BITS - 1):
+    # One bit fewer is shown only down to 2 bits: symmetric absmax codes need two (at 1 bit
+    # qmax = 2^0 - 1 = 0, and there is no scale to divide by).
+    for bits in (GPTQ_BITS, GPTQ_BITS - 1) if GPTQ_BITS > 2 else (GPTQ_BITS,):
         if bits == GPTQ_BITS - 1:
             print(f"\nOne bit fewer, {bits} bits, where plain rounding costs far more:")
         quantized, errors = compare_rtn_gptq(weights, hessians, heldout_hessians, bits,
@@ -1101,8 +1103,8 @@ def main():
         "gptq_output_error": compared[("GPTQ", GPTQ_BITS)][2],
         "rtn_heldout_output_error": compared[("RTN", GPTQ_BITS)][3],
         "gptq_heldout_output_error": compared[("GPTQ", GPTQ_BITS)][3],
-        "rtn_loss_one_bit_fewer": compared[("RTN", GPTQ_BITS - 1)][0],
-        "gptq_loss_one_bit_fewer": compared[("GPTQ", GPTQ_BITS - 1)][0],
+        "rtn_loss_one_bit_fewer": compared.get(("RTN", GPTQ_BITS - 1), [float("nan")])[0],
+        "gptq_loss_one_bit_fewer": compared.get(("GPTQ", GPTQ_BITS - 1), [float("nan")])[0],
     }
     print_criteria(results)
     print("\nNext: predict what a change will do, then run it: docs/challenges/microquant.md")
