@@ -437,7 +437,7 @@ def optimizer_reference_error():
             expected = reference_optimizer_steps(kind, p0, lambda q: c * (q - 1.0), lrs,
                                                  decay)[-1]
             gap = abs(p - expected) / max(abs(expected), 1e-12)
-            worst = gap if not gap <= worst else worst   # NaN-safe: a NaN gap is kept
+            worst = gap if math.isnan(gap) or gap > worst else worst   # a NaN stays
     return worst
 
 
@@ -692,7 +692,7 @@ def bias_correction_effect(start, batches, lr, corrected_run):
                 for a, b, g in zip(row0, row1, grow):
                     if abs(g) > 1e-4:     # far above eps = 1e-8, so eps cannot matter
                         error = abs(abs(b - a) / lr - 1.0)
-                        worst = error if not error <= worst else worst  # NaN is kept
+                        worst = error if math.isnan(error) or error > worst else worst
         errors[corrected] = worst
     # A short uncorrected run beside the grid's corrected one: the gap between the two is
     # largest in the first tens of steps, where 1 - b2^t is still far from 1.

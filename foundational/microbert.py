@@ -21,11 +21,10 @@ Both start from the same initial encoder weights and train for the same number o
 the same names. The run then measures how often BERT names a hidden letter of a held-out
 name (beside counting baselines that see one or both neighbours), whether BERT uses the
 letters it can see without simply copying them (what the random and kept 10% are for), how
-well the
-discriminator separates replaced from original letters (its AUC, beside a counting detector
-and a detector that sees only the letter itself), and what each encoder's frozen features
-are worth to a new task, telling real names from letter-shuffled ones, beside the features
-of an encoder that was never trained.
+well the discriminator separates replaced from original letters (its AUC, beside a
+counting detector and a detector that sees only the letter itself), and what each encoder's
+frozen features are worth to a new task, telling real names from letter-shuffled ones,
+beside the features of an encoder that was never trained.
 
 The gradients are derived by hand on plain floats (no autograd), and checked against finite
 differences in the run.
@@ -36,10 +35,10 @@ chain that sees both neighbours (30.1%) and behind a table of every (left, right
 which has counted every letter of 31,000 names where BERT has been scored on about 15,000. At a
 visible wrong letter it names the original 17% of the time: it does not just copy. ELECTRA's
 discriminator detects the generator's replacements better than chance but below a bigram
-counter (AUC 0.59 against 0.69), and so it does replacements drawn by letter frequency,
+counter (AUC 0.59 against 0.69), and likewise replacements drawn by letter frequency,
 which the letter alone cannot give away (0.61 against 0.70; the letter alone 0.51): it reads
 the context. Its frozen features help the probe (0.54 against the untrained encoder's
-0.46), less than BERT's (0.70). ELECTRA's advantage in the paper is at a scale far beyond
+0.45), less than BERT's (0.70). ELECTRA's advantage in the paper is at a scale far beyond
 this: here a one-layer, 16-wide discriminator, one bit per letter and one letter in seven
 replaced, learns slowly.
 
@@ -177,9 +176,10 @@ def encode(name):
 
 
 def pick_positions(tokens, rng):
-    # BERT's create_pretraining_data.py picks max(1, round(15% of the length)) positions, and
-    # ELECTRA's masking does the same. A name has about 6 letters, so that is almost always 1
-    # letter (2 from 10 letters on): about 16% of the letters in this data.
+    # BERT's create_pretraining_data.py picks max(1, round(15% of the length)) positions
+    # (its length counts [CLS] and [SEP]; here only the letters count), and ELECTRA's masking
+    # picks as many. A name has about 6 letters, so that is almost always 1 letter (2 from
+    # 10 letters on): about 17% of the letters in this data.
     letters = list(range(1, len(tokens) - 1))
     return sorted(rng.sample(letters, max(1, round(MASK_PROB * len(letters)))))
 
@@ -492,9 +492,10 @@ def bert_step(bert, grads, names, rng):
 
 # === ELECTRA: REPLACED-TOKEN DETECTION ===
 # 1. The generator (an MLM) reads the masked name and SAMPLES a letter at each picked
-#    position (temperature 1). Sampling is not differentiable, and ELECTRA does not try:
-#    the generator is trained by its own MLM loss only, not to fool the discriminator
-#    (unlike a GAN).
+#    position (temperature 1). Sampling is not differentiable: the generator is trained
+#    by its own MLM loss only, not to fool the discriminator (unlike a GAN). The paper
+#    also tried training it adversarially, with reinforcement learning, and found that
+#    worse than maximum likelihood.
 # 2. The discriminator reads the name with the samples in place and gives every letter a
 #    logit for "replaced". A sample equal to the original is labelled original (as in the
 #    paper): nothing about that letter is wrong.
@@ -662,7 +663,7 @@ def gradient_check(rng):
                 param[r][c] = original
                 numeric, analytic = (up - down) / 2e-5, grads[name][r][c]
                 error = abs(analytic - numeric) / max(abs(analytic), abs(numeric), 1e-4)
-                worst = error if not error <= worst else worst   # keeps a NaN
+                worst = error if math.isnan(error) or error > worst else worst  # NaN stays
     return worst
 
 
@@ -701,7 +702,12 @@ def mlm_accuracy(model, names, rng):
             wrong[i] = rng.choice([c for c in range(len(LETTERS)) if c != tokens[i]])
             for key, variant in (("masked", masked), ("repair", wrong), ("kept", tokens)):
                 out, _ = encode_position(model, prepare(model, table, variant), i)
-                hits[key] += argmax(logits_of(model, out)) == tokens[i]
+                logits = logits_of(model, out)
+                if not all(map(math.isfinite, logits)):
+                    # A diverged model: argmax over NaNs would name 'a' and score like the
+                    # unigram guess. NaN reaches the table and fails there instead.
+                    return {key: float("nan") for key in hits}
+                hits[key] += argmax(logits) == tokens[i]
             total += 1
     return {key: value / total for key, value in hits.items()}
 
@@ -783,6 +789,8 @@ def auc(scores, labels):
     # bottom; what is left counts, for each positive, the negatives ranked below it. Why AUC
     # rather than accuracy: one letter in seven is replaced, so "always original" is 86%
     # accurate and detects nothing; AUC ignores the base rate and any threshold.
+    if any(math.isnan(s) for s in scores):
+        return float("nan")   # NaNs have no rank: sorted() would give them an arbitrary one
     order = sorted(range(len(scores)), key=scores.__getitem__)
     ranks = [0.0] * len(scores)
     k = 0
@@ -899,7 +907,10 @@ def probe_accuracy(model, train_set, test_set):
     right = 0
     for name, label in test_set:
         x = standardise(features(model, table, encode(name)))
-        right += (sum(map(operator.mul, w, x)) + b > 0) == (label == 1)
+        z = sum(map(operator.mul, w, x)) + b
+        if not math.isfinite(z):
+            return float("nan")   # NaN features would read as "shuffled" every time
+        right += (z > 0) == (label == 1)
     return right / len(test_set)
 
 

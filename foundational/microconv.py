@@ -49,7 +49,7 @@ LOG_EVERY = 2            # epochs between progress lines
 
 # === DATA: GLYPHS ===
 # Small digit images made from a fixed seed, no download. microresnet and microvit copy this
-# section unchanged, so their numbers compare with this script's.
+# section unchanged, so their numbers compare with microconv's.
 # Each digit is a set of strokes between points of a 3-wide, 5-tall grid (x right, y down),
 # like a seven-segment display. A glyph is the strokes rasterised into an 8x8 canvas, with
 # four kinds of variation: a bold glyph repeats each inked pixel one column to the right

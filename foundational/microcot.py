@@ -5,9 +5,10 @@ answer to a sum directly and its first digit, the highest, depends on a carry th
 rippled up from the lowest column: the whole chain of carries must happen inside one pass.
 Let it write each column's carry and digit first, lowest column first, and every token it
 writes depends only on a few tokens already on the page: the column's two digits and the
-carry it wrote one step before. The computation is the same; the scratchpad spreads it over
-many passes. That is the idea behind scratchpads (Nye et al. 2021) and chain-of-thought
-prompting (Wei et al. 2022), shown here on the smallest task where it matters.
+carries already written (the previous column's, and for the digit its own). The computation
+is the same; the scratchpad spreads it over many passes. That is the idea behind scratchpads
+(Nye et al. 2021) and chain-of-thought prompting (Wei et al. 2022), shown here on the
+smallest task where it matters.
 
 The same one-layer GPT is trained from the same initial weights for the same number of steps
 (one sum per step) in three formats, with the loss on the tokens after '=' only. For
@@ -45,7 +46,8 @@ import random
 import time
 
 # === HYPERPARAMETERS ===
-# main() reads these when it runs, so a test can shrink a run by assigning new values.
+# main() reads these when it runs, so a test can shrink a run by assigning new values
+# (except BASE: PLUS, EQUALS and VOCAB are derived from it when the script is imported).
 BASE = 2                  # binary: the digit table is tiny, the carries are the lesson
 WIDTH = 6                 # every number is written with 6 digits (zero-padded)
 TRAIN_DIGITS = 5          # training sums use numbers of at most 5 significant digits
@@ -438,7 +440,8 @@ def gradient_check(rng):
         model[name][r][c] = original
         numeric, analytic = (up - down) / 2e-5, grads[name][r][c]
         error = abs(numeric - analytic) / max(abs(numeric), abs(analytic), 1e-4)
-        worst = error if not error <= worst else worst   # keeps a NaN (max() would drop it)
+        # Once a NaN, always a NaN: max() would drop it (max(0.0, nan) is 0.0).
+        worst = error if math.isnan(error) or error > worst else worst
     return worst
 
 
@@ -493,6 +496,8 @@ def generate(model, example):
         # the next position's input, so a wrong carry is carried into the next column.
         if t >= first:
             logits, _ = attend_and_predict(model, q, head_keys, value_cols, x, t + 1)
+            if not all(map(math.isfinite, logits)):
+                return None   # a diverged model: max() over NaN logits would pick token 0
             written.append(max(range(VOCAB), key=logits.__getitem__))
     return written
 
@@ -502,15 +507,19 @@ def exact_match(model, fmt, pairs):
     # scratchpad taught a wrong rule (the first broken version) is caught here.
     right = 0
     for a, b in pairs:
-        right += answer_of(generate(model, make_example(a, b, fmt)), fmt) == a + b
+        written = generate(model, make_example(a, b, fmt))
+        if written is None:
+            return float("nan")   # a NaN score reaches the table and fails there
+        right += answer_of(written, fmt) == a + b
     return right / len(pairs) if pairs else float("nan")
 
 
 # === TRAINING ===
 # Every format sees the same number of sums (one per step) drawn the same way: a length
 # uniformly from 1..TRAIN_DIGITS, then a training pair of that length. The curriculum draws
-# the length from 1..cap instead, with cap rising from 1 to TRAIN_DIGITS over the first
-# half of training (short numbers first), then the same as the shuffled data.
+# the length from 1..cap instead, cap = 1 + step * TRAIN_DIGITS // (NUM_STEPS // 2): it rises
+# by one every NUM_STEPS // 10 steps (every 160) and allows every length from step 640, then
+# draws as the shuffled data does.
 
 
 def draw_pair(rng, train_pairs, step, curriculum):

@@ -24,10 +24,10 @@ a table and an ASCII chart, and draws where the class token looks. The model fol
 Dosovitskiy et al. 2021 ("An image is worth 16x16 words"), shrunk to one encoder layer; the
 encoder is the transformer of Vaswani et al. 2017 with its layer norms moved first.
 
-All gradients are derived by hand on plain floats, as in microconv (the tests check every
-one against finite differences of a full encoder layer written from the formulas): the run
-makes about 70,000 forward passes, 48,000 of them with a backward pass, too many for a
-scalar autograd graph in its time budget.
+All gradients are derived by hand on plain floats, as in microconv (the tests check the
+ViT's against finite differences of a full encoder layer written from the formulas, and the
+CNN's against microconv's): the run makes about 63,000 forward passes, 58,000 of them with a
+backward pass (48,000 in training), too many for a scalar autograd graph in its budget.
 
 Run: python foundational/microvit.py    (about 31 s on the 2-core CI machine)
 """
@@ -49,7 +49,7 @@ PATCH = 2                # patch side: 8x8 glyph -> 4x4 grid of 2x2 patches
 WIDTH = 8                # the width of every token vector
 NUM_HEADS = 4            # attention heads, each WIDTH // NUM_HEADS = 2 wide
 MLP_HIDDEN = 24          # the encoder's MLP: 8 -> 24 -> 8 (ViT uses 4x; 3x keeps ~1,030)
-LN_EPS = 1e-5            # PyTorch's LayerNorm default
+LN_EPS = 1e-5            # PyTorch's LayerNorm default (torchvision's ViT and vit_jax: 1e-6)
 POS_INIT_STD = 0.02      # initial std of the learned positions, as in the real ViT
 NUM_FILTERS = 6          # the CNN: microconv's, unchanged
 KERNEL = 3
@@ -63,7 +63,7 @@ LOG_EVERY = 200          # steps between progress lines
 
 # === DATA: GLYPHS ===
 # Small digit images made from a fixed seed, no download. microresnet and microvit copy this
-# section unchanged, so their numbers compare with this script's.
+# section unchanged, so their numbers compare with microconv's.
 # Each digit is a set of strokes between points of a 3-wide, 5-tall grid (x right, y down),
 # like a seven-segment display. A glyph is the strokes rasterised into an 8x8 canvas, with
 # four kinds of variation: a bold glyph repeats each inked pixel one column to the right
@@ -347,7 +347,8 @@ def add_linear_grads(dw, db, dys, xs):
 def init_vit():
     # Weights std sqrt(1/fan_in), so activations keep their size layer to layer; GELU's
     # layer gets sqrt(2/fan_in) as ReLU layers do. Layer-norm gains start at 1, biases at 0,
-    # the class token at 0 (as in torchvision's ViT and Google's original vit_jax code).
+    # the class token at 0 (the class token as in torchvision's ViT and Google's original
+    # vit_jax code; vit_jax initialises its weights otherwise, and its head at zero).
     # The positions start small (std 0.02, the real ViT's value, which it took from BERT), so
     # at first a token is almost only its patch. That has a cost on glyphs: a blank patch is
     # pure noise of std 0.1, and layer norm rescales every token to variance 1, so a blank
@@ -399,6 +400,8 @@ def layer_norm_backward(dout, gain, saved, dgain, dbias):
 
 # GELU (Hendrycks and Gimpel 2016), the ViT's MLP nonlinearity: gelu(u) = u Phi(u), with Phi
 # the standard normal CDF, exactly (math.erf), and gelu'(u) = Phi(u) + u phi(u).
+# Signpost: PyTorch's nn.GELU is this exact form by default; vit_jax calls JAX's gelu, whose
+# default is the tanh approximation.
 
 def gelu(u):
     return 0.5 * u * (1.0 + math.erf(u / math.sqrt(2.0)))
@@ -616,6 +619,8 @@ def accuracy(kind, model, data):
     correct = 0
     for x, digit in data:
         logits = forward(model, x)[0]
+        if not all(map(math.isfinite, logits)):
+            return math.nan   # a diverged model: max() over NaNs would still name a digit
         correct += max(range(10), key=logits.__getitem__) == digit
     return correct / len(data)
 
@@ -710,8 +715,10 @@ def check_backward(kind, model, batch):
 
 def bar_chart(rows, width=40):
     """One bar per (label, value in [0, 1])."""
-    return "\n".join(f"  {label:<14}|{'#' * round(width * value):<{width}}| {value:.3f}"
-                     for label, value in rows)
+    # A NaN accuracy (a diverged model) draws an empty bar and prints nan.
+    bars = [round(width * value) if value == value else 0 for _, value in rows]
+    return "\n".join(f"  {label:<14}|{'#' * bar:<{width}}| {value:.3f}"
+                     for (label, value), bar in zip(rows, bars))
 
 
 def attention_image(weights):
@@ -754,7 +761,8 @@ def ink_attention(model, data):
         has_ink = [max(p) > 0.3 for p in patches]
         for head in weights:
             patch_total = sum(head[1:])
-            on_ink += sum(w for w, ink in zip(head[1:], has_ink) if ink) / patch_total
+            on_ink += (sum(w for w, ink in zip(head[1:], has_ink) if ink) / patch_total
+                       if patch_total > 0.0 else math.nan)   # all on itself: no share
         inked += sum(has_ink) / len(has_ink) * len(weights)
     count = len(data) * NUM_HEADS
     return on_ink / count, inked / count

@@ -252,3 +252,24 @@ def test_mlm_accuracy_separates_copying_from_context():
     enc["head"] = [row[:] for row in enc["wte"][:len(mb.LETTERS)]]
     result = mb.mlm_accuracy(enc, [mb.encode("anna"), mb.encode("zoe")], random.Random(1))
     assert result["kept"] == 1.0 and result["repair"] == 0.0
+
+
+def test_a_diverged_model_scores_nan_not_a_number_that_could_pass():
+    # argmax over NaN logits names token 0, sorted() ranks NaNs arbitrarily, and a NaN
+    # probe score reads as "shuffled": each would turn a diverged model into a plausible
+    # number (the repair row and the ELECTRA probe row could even pass). Each must be NaN.
+    enc = mb.init_encoder(mb.N_EMBD, mb.MLP_HIDDEN, len(mb.LETTERS))
+    enc["head"] = [[float("nan")] * len(row) for row in enc["head"]]
+    names = [mb.encode("anna"), mb.encode("zoe")]
+    assert all(math.isnan(v) for v in mb.mlm_accuracy(enc, names, random.Random(1)).values())
+    assert math.isnan(mb.auc([0.3, float("nan"), 0.1, 0.7], [1, 0, 0, 1]))
+    enc["wo"] = [[float("nan")] * len(row) for row in enc["wo"]]
+    items = [("anna", 1), ("nnaa", 0), ("zoe", 1), ("ezo", 0)]
+    assert math.isnan(mb.probe_accuracy(enc, items, items))
+
+
+def test_the_in_run_gradient_check_keeps_a_nan(monkeypatch):
+    # A NaN error must survive later finite ones (max() would drop it; so would a running
+    # maximum that lets a finite error replace a NaN).
+    monkeypatch.setattr(mb, "rms_backward", lambda x, s, dy: [float("nan")] * len(dy))
+    assert math.isnan(mb.gradient_check(random.Random(0)))

@@ -167,14 +167,14 @@ def test_split_holds_out_pairs_never_trained_and_lengths_are_right():
         assert not set(train[n]) & set(held[n])
         for a, b in train[n] + held[n]:
             assert max(a, b).bit_length() == n or (n == 1 and max(a, b) <= 1)
-        assert len(train[n]) + len(held[n]) == 4 ** n - 4 ** (n - 1) if n > 1 else 4
+        assert len(train[n]) + len(held[n]) == (4 ** n - 4 ** (n - 1) if n > 1 else 4)
     assert held[1] == [] and held[2] == []
     assert all(max(a, b) >= 2 ** (cot.WIDTH - 1) for a, b in cot.long_pairs(random.Random(1), 30))
 
 
 def test_generate_with_its_cache_matches_a_full_forward_pass():
     # Greedy decoding appends to a key/value cache; at every step its choice must equal the
-    # argmax of a full forward pass over the prefix (here with the true prefix fed in).
+    # argmax of a full forward pass over the prefix (here the model's own written prefix).
     model = random_model(8, std=0.3)
     example = cot.make_example(45, 30, "scratchpad")
     written = cot.generate(model, example)
@@ -198,3 +198,23 @@ def test_curriculum_caps_the_length_then_mixes():
     late = [cot.draw_pair(rng, train, steps // 2 + 1, True) for _ in range(400)]
     assert max(max(a, b) for a, b in late) >= 16
     assert min(max(a, b) for a, b in late) <= 1
+
+
+def test_a_diverged_model_scores_nan_and_the_gradient_check_keeps_a_nan():
+    # argmax over NaN logits would write token 0 and score a plausible 0.00: it must be NaN.
+    model = random_model(5)
+    model["head"][0][0] = float("nan")
+    assert math.isnan(cot.exact_match(model, "scratchpad", [(3, 5), (6, 1)]))
+    # A NaN error on the first checked parameter must survive the finite errors after it.
+    original = cot.example_loss
+    calls = []
+
+    def nan_once(model, example):
+        calls.append(1)
+        return float("nan") if len(calls) == 1 else original(model, example)
+
+    cot.example_loss = nan_once
+    try:
+        assert math.isnan(cot.gradient_check(random.Random(0)))
+    finally:
+        cot.example_loss = original

@@ -249,3 +249,14 @@ def test_without_positions_the_class_token_sees_a_bag_of_patches():
 
 def test_worst_keeps_nan():
     assert math.isnan(vit.worst([0.0, float("nan"), 1.0]))
+
+
+def test_a_diverged_model_scores_nan_and_the_chart_still_draws():
+    # max() over NaN logits would still name a digit and score near chance, which the two
+    # margin rows (CNN minus ViT) would count as a large, passing margin. It must be NaN.
+    random.seed(0)
+    model = vit.init_vit()
+    model["head_bias"][0][0] = float("nan")
+    data = vit.patchify(vit.make_glyphs(5, stream=9))
+    assert math.isnan(vit.accuracy("ViT", model, data))
+    assert "nan" in vit.bar_chart([("60 ViT", float("nan")), ("60 CNN", 0.5)])
